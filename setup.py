@@ -97,6 +97,13 @@ def build_extensions():
             extra_compile_args=EXTRA_COMPILE_ARGS + flags,
             extra_link_args=flags,
         ),
+        Extension(
+            "mab.stores._table",
+            ["mab/stores/_table.pyx"],
+            include_dirs=[np.get_include()],
+            define_macros=macros,
+            extra_compile_args=EXTRA_COMPILE_ARGS,
+        ),
     ]
     return cythonize(
         extensions,

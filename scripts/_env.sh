@@ -12,14 +12,15 @@ if [ ! -x "$PY" ]; then
     "${PYTHON:-python3}" -m venv "$VENV"
     "$PY" -m pip install -q --upgrade pip
 fi
-stamp_of() {
-    { echo "extras=$1"; cat pyproject.toml setup.py; find mab -name '*.pyx' -o -name '*.pxd' | sort | xargs cat; } \
-        | sha256sum | cut -d' ' -f1
-}
-STAMP_FILE=$VENV/.mab-install-stamp
-WANT=$(stamp_of "${MAB_EXTRAS:-}")
-if [ "$(cat "$STAMP_FILE" 2>/dev/null)" != "$WANT" ] || ! ls mab/sampling.*.so >/dev/null 2>&1; then
-    echo "mab: installing mab[${MAB_EXTRAS:-}] into $VENV (builds the extension)" >&2
-    "$PY" -m pip install -q -e ".[${MAB_EXTRAS:-}]"
-    echo "$WANT" > "$STAMP_FILE"
+# What the install depends on: the metadata and the compiled sources.
+SOURCES_HASH=$({ cat pyproject.toml setup.py; find mab -name '*.pyx' -o -name '*.pxd' | sort | xargs cat; } \
+    | sha256sum | cut -d' ' -f1)
+EXTRAS=${MAB_EXTRAS:-}
+stamp() { echo "$VENV/.mab-installed-${1:-base}"; }
+if [ "$(cat "$(stamp "$EXTRAS")" 2>/dev/null)" != "$SOURCES_HASH" ] || ! ls mab/sampling.*.so >/dev/null 2>&1; then
+    echo "mab: installing mab${EXTRAS:+[$EXTRAS]} into $VENV (builds the extension)" >&2
+    "$PY" -m pip install -q -e ".${EXTRAS:+[$EXTRAS]}"
+    # An install with extras is also a base install.
+    echo "$SOURCES_HASH" > "$(stamp "$EXTRAS")"
+    echo "$SOURCES_HASH" > "$(stamp base)"
 fi

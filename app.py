@@ -1,0 +1,10 @@
+"""The WSGI entry point: ``gunicorn -c gunicorn.conf.py app:app``.
+
+gunicorn imports this module in each worker, after the fork, so the store
+maps, random streams and any clients belong to the worker that uses them.
+"""
+
+from mab.config import load_config
+from mab.web import create_app
+
+app = create_app(load_config())

@@ -1,0 +1,118 @@
+"""gunicorn settings for the mab prediction service.
+
+Plain settings, each read from the environment with a default, grouped as in
+gunicorn's examples/example_config.py. gunicorn's own variables keep their
+meaning: WEB_CONCURRENCY sets the worker count, and GUNICORN_CMD_ARGS (for
+example "--bind 0.0.0.0:8080") overrides anything in this file.
+
+    gunicorn -c gunicorn.conf.py app:app
+"""
+
+import os
+import sys
+
+# -- Server socket -------------------------------------------------------------
+#
+# bind: gunicorn's default (127.0.0.1:8000, or 0.0.0.0:$PORT when PORT is set);
+# change it with --bind in GUNICORN_CMD_ARGS.
+# A deep backlog: a load balancer opens many connections at once.
+
+backlog = int(os.environ.get("MAB_BACKLOG", "2048"))
+
+# -- Worker processes ----------------------------------------------------------
+#
+# workers: one per core this process may run on (taskset and cgroup cpusets
+#   respected), since a worker keeps one core busy; WEB_CONCURRENCY overrides.
+#
+# worker_class: gthread. Measured on this project's 2-core machine, server
+#   pinned to one core, 400-id requests (docs/benchmarks.md): keep-alive
+#   connections spare the per-request TCP handshake that the sync worker pays,
+#   and its threads let a worker wait on a remote feature store for one
+#   request while serving another.
+#
+# threads: per worker, for the reason above; the sampler itself uses one
+#   thread per worker (MAB_SAMPLER_THREADS), see mab.sampling.
+#
+# max_requests, max_requests_jitter: recycle a worker now and then, at
+#   different times across workers, to bound slow leaks. The embedded store is
+#   a shared file mapping, so a new worker is ready in milliseconds.
+#
+# timeout: a worker silent for this long is killed and replaced.
+# graceful_timeout: time to finish in-flight requests on reload or stop.
+# keepalive: seconds an idle keep-alive connection is held open.
+# worker_tmp_dir: the heartbeat file lives in memory, not on a disk that may
+#   stall (gunicorn's advice for containers).
+
+workers = int(os.environ.get("WEB_CONCURRENCY", "0")) or len(os.sched_getaffinity(0))
+worker_class = os.environ.get("MAB_WORKER_CLASS", "gthread")
+threads = int(os.environ.get("MAB_WORKER_THREADS", "4"))
+max_requests = int(os.environ.get("MAB_MAX_REQUESTS", "100000"))
+max_requests_jitter = int(os.environ.get("MAB_MAX_REQUESTS_JITTER", "10000"))
+timeout = int(os.environ.get("MAB_TIMEOUT", "30"))
+graceful_timeout = int(os.environ.get("MAB_GRACEFUL_TIMEOUT", "30"))
+keepalive = int(os.environ.get("MAB_KEEPALIVE", "75"))
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+
+# The application is imported by each worker after the fork, not preloaded in
+# the master: libgomp, random streams, thread pools and gRPC channels must not
+# cross a fork. The expensive part of loading, compiling the CSV, is done once
+# by the master in on_starting below and shared through the page cache.
+preload_app = False
+
+# -- Logging -------------------------------------------------------------------
+#
+# Everything to stdout, where a container runtime collects it. The access log
+# costs CPU on every request, so it is off unless MAB_ACCESS_LOG=1.
+
+loglevel = os.environ.get("MAB_LOG_LEVEL", "info")
+accesslog = "-" if os.environ.get("MAB_ACCESS_LOG", "0") == "1" else None
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "root": {"level": "INFO", "handlers": ["console"]},
+    "loggers": {
+        "gunicorn.error": {"level": loglevel.upper(), "handlers": ["console"], "propagate": False, "qualname": "gunicorn.error"},
+        "gunicorn.access": {"level": "INFO", "handlers": ["access"], "propagate": False, "qualname": "gunicorn.access"},
+        "mab": {"level": loglevel.upper(), "handlers": ["console"], "propagate": False},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "generic", "stream": "ext://sys.stdout"},
+        "access": {"class": "logging.StreamHandler", "formatter": "access", "stream": "ext://sys.stdout"},
+    },
+    "formatters": {
+        "generic": {"format": "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"},
+        "access": {"format": "%(message)s"},
+    },
+}
+
+proc_name = "mab"
+
+
+# -- Server hooks --------------------------------------------------------------
+
+
+def on_starting(server):
+    """In the master, before any socket or worker: validate the configuration
+    and compile the embedded stores, so that a bad configuration or bad data
+    stops the start with one clear message."""
+    from mab.config import load_config
+    from mab.errors import MabError
+    from mab.stores.embedded import Settings as EmbeddedSettings
+    from mab.stores.embedded import prepare
+
+    try:
+        config = load_config()
+        for settings in config.stores.values():
+            if isinstance(settings, EmbeddedSettings):
+                path, built = prepare(settings.path, config.cache_dir)
+                server.log.info("store %r: %s %s", settings.name, "compiled into" if built else "using", path)
+    except MabError as exc:
+        sys.exit(f"mab: {exc.message}")
+
+
+def worker_exit(server, worker):
+    """Release what the worker's app holds (store maps, pools, channels)."""
+    app = getattr(worker, "wsgi", None)
+    service = getattr(app, "service", None)
+    if service is not None:
+        service.close()

@@ -1,0 +1,263 @@
+"""The service's one configuration object, read and validated once.
+
+Sources, later ones winning:
+
+1. defaults;
+2. the TOML file named by ``MAB_CONFIG``, if any;
+3. environment variables (``MAB_DATA``, ``MAB_MAX_ITEMS``, ...; see ``ENVIRONMENT``).
+
+A configuration that does not validate raises ``ConfigError`` with a
+message that names the offending key, so a bad deployment stops at start.
+
+The TOML layout::
+
+    max_items = 10000                # item_ids per request
+    max_body_bytes = 4194304         # request body limit
+    cache_dir = "/var/cache/mab"     # compiled copies of embedded stores
+
+    [stores.default]                 # a store: where features come from
+    backend = "embedded"
+    path = "data/items.csv"
+
+    [models.default]                 # a model: features -> Beta parameters
+    store = "default"
+    successes = "successes"
+    failures = "failures"
+    prior_alpha = 1.0
+    prior_beta = 1.0
+    entity_id = "{item_id}"          # or "{user_id}:{item_id}", ...
+
+Without a ``[models]`` table there is one model, ``default``, on the store
+``default`` with the settings above; without ``[stores]`` the store
+``default`` is the embedded store on ``MAB_DATA``.
+"""
+
+import math
+import os
+import string
+import tempfile
+import tomllib
+from dataclasses import dataclass, field
+
+from mab.errors import ConfigError
+from mab.stores import settings_for_backend
+
+#: Environment variables read by load_config, and what they set.
+ENVIRONMENT = {
+    "MAB_CONFIG": "path of a TOML configuration file",
+    "MAB_DATA": "CSV file of the embedded store `default`",
+    "MAB_STORE_BACKEND": "backend of the store `default` (embedded, vertex, vertex-legacy)",
+    "MAB_CACHE_DIR": "directory for compiled copies of embedded stores",
+    "MAB_MAX_ITEMS": "most item_ids accepted in one request",
+    "MAB_MAX_BODY_BYTES": "largest request body accepted, in bytes",
+}
+
+DEFAULT_MAX_ITEMS = 10_000
+# 10,000 ids of up to ~200 bytes each, JSON-quoted, fit with room to spare.
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+DEFAULT_MODEL = "default"
+DEFAULT_STORE = "default"
+
+
+def default_cache_dir():
+    return os.path.join(tempfile.gettempdir(), f"mab-cache-{os.getuid()}")
+
+
+@dataclass(frozen=True)
+class EntityTemplate:
+    """How a model builds a store's entity id from a request's ids.
+
+    The template holds ``{item_id}`` exactly once and ``{user_id}`` at most
+    once, e.g. ``"{item_id}"`` or ``"{user_id}:{item_id}"``.
+    """
+
+    text: str
+    prefix: str = field(init=False)
+    suffix: str = field(init=False)
+    needs_user: bool = field(init=False)
+
+    def __post_init__(self):
+        names = []
+        try:
+            for _, name, spec, conversion in string.Formatter().parse(self.text):
+                if name is not None:
+                    if spec or conversion:
+                        raise ConfigError(f"entity_id {self.text!r}: no format specs allowed")
+                    names.append(name)
+        except ValueError as exc:
+            raise ConfigError(f"entity_id {self.text!r}: {exc}") from None
+        if names.count("item_id") != 1:
+            raise ConfigError(f"entity_id {self.text!r} must contain {{item_id}} exactly once")
+        if set(names) - {"item_id", "user_id"} or names.count("user_id") > 1:
+            raise ConfigError(
+                f"entity_id {self.text!r} may contain only {{item_id}} and at most one {{user_id}}"
+            )
+        before, _, after = self.text.partition("{item_id}")
+        object.__setattr__(self, "prefix", before)
+        object.__setattr__(self, "suffix", after)
+        object.__setattr__(self, "needs_user", "user_id" in names)
+
+    def parts(self, user_id=None):
+        """(prefix, suffix) around the item id, with the user filled in."""
+        return self.prefix.format(user_id=user_id), self.suffix.format(user_id=user_id)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    store: str = DEFAULT_STORE
+    successes: str = "successes"
+    failures: str = "failures"
+    prior_alpha: float = 1.0
+    prior_beta: float = 1.0
+    entity_id: EntityTemplate = EntityTemplate("{item_id}")
+    # What to do when a remote store cannot deliver features in time:
+    # "fail" answers 503, "prior" scores the affected items from the prior
+    # and flags the answer as degraded.
+    on_store_error: str = "fail"
+
+
+@dataclass(frozen=True)
+class Config:
+    stores: dict            # name -> the backend's settings object
+    models: dict            # name -> ModelConfig
+    max_items: int = DEFAULT_MAX_ITEMS
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    cache_dir: str = field(default_factory=default_cache_dir)
+    source: str = "environment"   # where it came from, for messages
+
+
+# -- parsing helpers -----------------------------------------------------------
+
+
+def _take(table, key, kind, where, default):
+    if key not in table:
+        return default
+    value = table.pop(key)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise ConfigError(f"{where}.{key} must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def _positive_int(value, where):
+    if isinstance(value, str):
+        try:
+            value = int(value)
+        except ValueError:
+            raise ConfigError(f"{where} must be an integer, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{where} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def _reject_unknown(table, where):
+    if table:
+        raise ConfigError(f"{where}: unknown setting(s) {', '.join(sorted(table))}")
+
+
+def _parse_model(name, table):
+    where = f"models.{name}"
+    table = dict(table)
+    model = ModelConfig(
+        name=name,
+        store=_take(table, "store", str, where, DEFAULT_STORE),
+        successes=_take(table, "successes", str, where, "successes"),
+        failures=_take(table, "failures", str, where, "failures"),
+        prior_alpha=_take(table, "prior_alpha", float, where, 1.0),
+        prior_beta=_take(table, "prior_beta", float, where, 1.0),
+        entity_id=EntityTemplate(_take(table, "entity_id", str, where, "{item_id}")),
+        on_store_error=_take(table, "on_store_error", str, where, "fail"),
+    )
+    _reject_unknown(table, where)
+    for key in ("prior_alpha", "prior_beta"):
+        value = getattr(model, key)
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"{where}.{key} must be finite and > 0, got {value!r}")
+    for key in ("successes", "failures"):
+        if not getattr(model, key):
+            raise ConfigError(f"{where}.{key} must name a feature")
+    if model.on_store_error not in ("fail", "prior"):
+        raise ConfigError(f"{where}.on_store_error must be 'fail' or 'prior', got {model.on_store_error!r}")
+    return model
+
+
+def _parse_store(name, table, base_dir):
+    where = f"stores.{name}"
+    table = dict(table)
+    backend = _take(table, "backend", str, where, "embedded")
+    try:
+        settings_class = settings_for_backend(backend)
+    except KeyError as exc:
+        raise ConfigError(f"{where}.backend: {exc.args[0]}") from None
+    return settings_class.from_table(name, table, where, base_dir)
+
+
+def load_config(environ=None):
+    """Build and validate the Config from MAB_CONFIG's file and the environment."""
+    environ = os.environ if environ is None else environ
+    path = environ.get("MAB_CONFIG", "").strip()
+    document = {}
+    base_dir = os.getcwd()
+    if path:
+        try:
+            with open(path, "rb") as f:
+                document = tomllib.load(f)
+        except OSError as exc:
+            raise ConfigError(f"MAB_CONFIG={path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"MAB_CONFIG={path}: not valid TOML: {exc}") from None
+        # Relative paths in the file are relative to the file, not to the cwd.
+        base_dir = os.path.dirname(os.path.abspath(path))
+    return config_from_document(document, environ, source=path or "environment", base_dir=base_dir)
+
+
+def config_from_document(document, environ, *, source="environment", base_dir=None):
+    base_dir = base_dir or os.getcwd()
+    try:
+        return _config_from_document(dict(document), environ, source, base_dir)
+    except ConfigError as exc:
+        raise ConfigError(f"invalid configuration ({source}): {exc.message}") from None
+
+
+def _config_from_document(document, environ, source, base_dir):
+    stores_table = dict(document.pop("stores", {}) or {})
+    models_table = dict(document.pop("models", {}) or {})
+    max_items = _positive_int(document.pop("max_items", DEFAULT_MAX_ITEMS), "max_items")
+    max_body = _positive_int(document.pop("max_body_bytes", DEFAULT_MAX_BODY_BYTES), "max_body_bytes")
+    cache_dir = document.pop("cache_dir", None)
+    _reject_unknown(document, "top level")
+
+    # The environment overrides the file.
+    if environ.get("MAB_MAX_ITEMS"):
+        max_items = _positive_int(environ["MAB_MAX_ITEMS"], "MAB_MAX_ITEMS")
+    if environ.get("MAB_MAX_BODY_BYTES"):
+        max_body = _positive_int(environ["MAB_MAX_BODY_BYTES"], "MAB_MAX_BODY_BYTES")
+    cache_dir = environ.get("MAB_CACHE_DIR") or cache_dir or default_cache_dir()
+    default_store = dict(stores_table.get(DEFAULT_STORE, {}))
+    if environ.get("MAB_STORE_BACKEND"):
+        default_store["backend"] = environ["MAB_STORE_BACKEND"]
+    if environ.get("MAB_DATA"):
+        default_store["path"] = os.path.abspath(environ["MAB_DATA"])
+    if default_store or not stores_table:
+        stores_table[DEFAULT_STORE] = default_store
+
+    stores = {name: _parse_store(name, table, base_dir) for name, table in stores_table.items()}
+    if not models_table:
+        models_table = {DEFAULT_MODEL: {}}
+    models = {name: _parse_model(name, table) for name, table in models_table.items()}
+    for model in models.values():
+        if model.store not in stores:
+            raise ConfigError(
+                f"models.{model.name}.store: no store named {model.store!r} "
+                f"(configured: {', '.join(sorted(stores))})"
+            )
+    return Config(
+        stores=stores,
+        models=models,
+        max_items=max_items,
+        max_body_bytes=max_body,
+        cache_dir=os.path.abspath(cache_dir),
+        source=source,
+    )

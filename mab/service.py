@@ -1,0 +1,238 @@
+"""The prediction service: validate -> features -> Beta parameters -> sample -> rank.
+
+Knows nothing of HTTP. ``parse_prediction_request`` turns a decoded JSON
+document into a ``PredictionRequest`` or raises a ``RequestError``;
+``PredictionService.predict`` answers it or raises a ``MabError``.
+"""
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+import mab
+from mab import sampling
+from mab.errors import (
+    InvalidRequest,
+    MalformedRequest,
+    NotReady,
+    TooManyItems,
+    UnknownModel,
+)
+from mab.model import BetaModel
+
+log = logging.getLogger(__name__)
+
+REQUEST_FIELDS = frozenset({"item_ids", "user_id", "top_k", "model", "seed"})
+MAX_SEED = 2**64 - 1
+
+
+@dataclass(slots=True)
+class PredictionRequest:
+    item_ids: list
+    user_id: str | None = None
+    top_k: int | None = None
+    model: str = "default"
+    seed: int | None = None
+
+
+@dataclass(slots=True)
+class Prediction:
+    model: str
+    item_ids: list          # ranked, best first, cut to top_k
+    scores: np.ndarray      # same order
+    seed: int
+    missing: int
+    failed: int
+
+    @property
+    def degraded(self):
+        return self.failed > 0
+
+
+def _as_int(value):
+    """The integer a JSON number stands for, or None if it is not integral.
+
+    JSON Schema, and so the OpenAPI document, counts 5.0 as an integer;
+    ``true`` is not a number here although bool subclasses int in Python.
+    """
+    if type(value) is int:
+        return value
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return None
+
+
+def parse_prediction_request(doc, max_items):
+    """Validate a decoded JSON body. Wrong types are malformed (400); values
+    out of range or unknown fields are invalid (422); too many items 413."""
+    if type(doc) is not dict:
+        raise MalformedRequest("the body must be a JSON object", code="wrong_type")
+    unknown = doc.keys() - REQUEST_FIELDS
+    if unknown:
+        raise InvalidRequest(
+            f"unknown field(s): {', '.join(sorted(unknown))} "
+            f"(allowed: {', '.join(sorted(REQUEST_FIELDS))})",
+            code="unknown_field",
+        )
+    item_ids = doc.get("item_ids")
+    if item_ids is None:
+        raise InvalidRequest("item_ids is required", code="missing_field")
+    if type(item_ids) is not list:
+        raise MalformedRequest("item_ids must be an array of strings", code="wrong_type")
+    if not item_ids:
+        raise InvalidRequest("item_ids must not be empty", code="invalid_value")
+    if len(item_ids) > max_items:
+        raise TooManyItems(f"item_ids has {len(item_ids)} entries; the limit is {max_items}")
+    # One pass in C over the element types; the loop below runs only to name the culprit.
+    if len(set(map(type, item_ids))) != 1 or type(item_ids[0]) is not str:
+        index = next(i for i, item in enumerate(item_ids) if type(item) is not str)
+        raise MalformedRequest(f"item_ids[{index}] must be a string", code="wrong_type")
+
+    user_id = doc.get("user_id")
+    if user_id is not None and type(user_id) is not str:
+        raise MalformedRequest("user_id must be a string", code="wrong_type")
+
+    top_k = doc.get("top_k")
+    if top_k is not None:
+        top_k = _as_int(top_k)
+        if top_k is None:
+            raise MalformedRequest("top_k must be an integer", code="wrong_type")
+        if top_k < 1:
+            raise InvalidRequest(f"top_k must be >= 1, got {top_k}", code="invalid_value")
+
+    model = doc.get("model")
+    if model is None:
+        model = "default"
+    elif type(model) is not str:
+        raise MalformedRequest("model must be a string", code="wrong_type")
+
+    seed = doc.get("seed")
+    if seed is not None:
+        seed = _as_int(seed)
+        if seed is None:
+            raise MalformedRequest("seed must be an integer", code="wrong_type")
+        if not 0 <= seed <= MAX_SEED:
+            raise InvalidRequest(f"seed must be in [0, 2**64 - 1], got {seed}", code="invalid_value")
+    return PredictionRequest(item_ids, user_id, top_k, model, seed)
+
+
+def rank(scores, top_k):
+    """Indices of the best `top_k` scores (all when None), best first.
+
+    Ties keep request order when everything is ranked; with a cut, the
+    partial sort does not promise an order among equal scores.
+    """
+    n = scores.shape[0]
+    negated = -scores
+    if top_k is None or top_k >= n:
+        return np.argsort(negated, kind="stable")
+    best = np.argpartition(negated, top_k - 1)[:top_k]
+    return best[np.argsort(negated[best], kind="stable")]
+
+
+class PredictionService:
+    """Holds a worker's models and stores, loads them, and answers predictions."""
+
+    def __init__(self, config, stores):
+        self.config = config
+        self.stores = stores
+        self.models = {
+            name: BetaModel(model_config, stores[model_config.store])
+            for name, model_config in config.models.items()
+        }
+        self.sampler_threads = sampling.resolve_n_threads()
+        self._ready = threading.Event()
+        self._load_error = None
+        self._loaded_in = None
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def load(self):
+        """Load every store and check every model against it. Idempotent."""
+        if self._ready.is_set():
+            return
+        start = time.perf_counter()
+        try:
+            for name, store in self.stores.items():
+                store.load()
+                log.info("store %r ready: %s", name, store.describe())
+            for model in self.models.values():
+                model.check()
+        except Exception as exc:
+            self._load_error = exc
+            log.error("loading failed: %s", exc)
+            raise
+        self._loaded_in = time.perf_counter() - start
+        self._ready.set()
+
+    def load_in_background(self):
+        """Start loading in a daemon thread; /ready answers 503 until it is done."""
+        def run():
+            try:
+                self.load()
+            except Exception:
+                pass  # recorded in _load_error and logged by load()
+
+        thread = threading.Thread(target=run, name="mab-load", daemon=True)
+        thread.start()
+        return thread
+
+    def wait_until_ready(self, timeout=None):
+        return self._ready.wait(timeout)
+
+    def close(self):
+        for store in self.stores.values():
+            store.close()
+
+    @property
+    def ready(self):
+        return self._ready.is_set()
+
+    def readiness(self):
+        """(ready, details) for the readiness probe."""
+        details = {
+            "version": mab.__version__,
+            "models": {name: model.describe() for name, model in self.models.items()},
+            "sampler": dict(sampling.build_info(), threads=self.sampler_threads),
+        }
+        if self._ready.is_set():
+            details["status"] = "ready"
+            details["stores"] = {name: store.describe() for name, store in self.stores.items()}
+            details["loaded_in_seconds"] = round(self._loaded_in, 3)
+        elif self._load_error is not None:
+            details["status"] = "failed"
+            details["error"] = str(self._load_error)
+        else:
+            details["status"] = "loading"
+        return self._ready.is_set(), details
+
+    # -- the hot path ----------------------------------------------------------
+
+    def predict(self, request):
+        if not self._ready.is_set():
+            if self._load_error is not None:
+                raise NotReady(f"the service failed to load: {self._load_error}", code="load_failed", retry_after=30)
+            raise NotReady("the service is still loading its models")
+        model = self.models.get(request.model)
+        if model is None:
+            raise UnknownModel(
+                f"no model named {request.model!r} (models: {', '.join(sorted(self.models))})"
+            )
+        params = model.parameters(request.item_ids, request.user_id)
+        seed = sampling.fresh_seed() if request.seed is None else request.seed
+        scores = sampling.sample_beta(
+            params.alpha, params.beta, seed=seed, out=params.alpha, n_threads=self.sampler_threads
+        )
+        order = rank(scores, request.top_k)
+        ids = request.item_ids
+        return Prediction(
+            model=request.model,
+            item_ids=[ids[i] for i in order.tolist()],
+            scores=scores[order],
+            seed=seed,
+            missing=params.missing,
+            failed=params.failed,
+        )

@@ -1,0 +1,339 @@
+"""Compiled core of the embedded feature store.
+
+Three jobs, each a loop that would cost seconds (loading) or most of a
+request (lookup) in Python:
+
+* ``parse_csv``: the rows of a CSV file of ``id,feature,feature,...`` into a
+  byte blob of ids, their offsets, and a float64 matrix of features, with
+  every bad value reported by line and column;
+* ``build_slots``: an open-addressing hash index over those ids (linear
+  probing, load factor at most 2/3); each 64-bit slot holds the upper 32
+  bits of the id's hash and row + 1, so a probe rarely touches the id bytes
+  of a row that is not the one sought;
+* ``IdIndex.find``: the rows of a whole request's ids at once, reading each
+  Python string's UTF-8 bytes in place. Hashing our own bytes avoids what
+  dominates a ``dict`` lookup of freshly decoded strings: computing
+  Python's string hash for every new ``str`` object.
+
+All arrays are plain numpy arrays, so the store can keep them in a file
+and every worker can map the same pages.
+"""
+
+import numpy as np
+
+cimport numpy as cnp
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.unicode cimport PyUnicode_Check
+from libc.math cimport isfinite
+from libc.stdint cimport int64_t, uint8_t, uint64_t
+from libc.stdlib cimport free, malloc, strtod
+from libc.string cimport memchr, memcmp, memcpy
+
+cnp.import_array()
+
+cdef extern from "Python.h":
+    const char *PyUnicode_AsUTF8AndSize(object unicode, Py_ssize_t *size) except NULL
+
+# Increment when the hash function or the slot layout changes: it is part of
+# the on-disk cache format (the store folds it into the cache key).
+HASH_VERSION = 1
+
+cdef uint64_t _K1 = 0x9E3779B97F4A7C15ULL
+cdef uint64_t _K2 = 0xC2B2AE3D27D4EB4FULL
+
+
+cdef inline uint64_t _rotl(uint64_t x, int k) noexcept nogil:
+    return (x << k) | (x >> (64 - k))
+
+
+cdef inline uint64_t _fmix64(uint64_t h) noexcept nogil:
+    # MurmurHash3's finaliser: every input bit affects every output bit.
+    h ^= h >> 33
+    h *= 0xFF51AFD7ED558CCDULL
+    h ^= h >> 33
+    h *= 0xC4CEB9FE1A85EC53ULL
+    h ^= h >> 33
+    return h
+
+
+cdef inline uint64_t hash_bytes(const uint8_t *p, Py_ssize_t n) noexcept nogil:
+    """A word-at-a-time hash in the style of MurmurHash3's 64-bit mixing."""
+    cdef uint64_t h = _K1 ^ (<uint64_t>n * _K2)
+    cdef uint64_t w
+    cdef Py_ssize_t i = 0
+    while i + 8 <= n:
+        memcpy(&w, p + i, 8)
+        h = _rotl(h ^ (w * _K2), 31) * _K1
+        i += 8
+    if i < n:
+        w = 0
+        memcpy(&w, p + i, n - i)
+        h = _rotl(h ^ (w * _K2), 31) * _K1
+    return _fmix64(h)
+
+
+def hash_id(bytes key):
+    """The 64-bit hash of one id's bytes (exposed for tests)."""
+    return hash_bytes(<const uint8_t *><char *>key, len(key))
+
+
+def slot_count(Py_ssize_t n_rows):
+    """Slots for n_rows ids: the smallest power of two >= 1.5 n_rows (at least 8)."""
+    cdef Py_ssize_t size = 8
+    while size < n_rows + n_rows // 2:
+        size *= 2
+    return size
+
+
+# --------------------------------------------------------------------------
+# CSV parsing
+# --------------------------------------------------------------------------
+
+class CsvError(ValueError):
+    """A malformed or invalid row; the message names the line and column."""
+
+
+def _field_text(const uint8_t *start, Py_ssize_t n):
+    return (<char *>start)[:n].decode("utf-8", "replace")
+
+
+def parse_csv(bytes data, Py_ssize_t body_start, list columns):
+    """Parse the rows of a CSV file whose header has already been read.
+
+    ``data`` is the whole file (a ``bytes`` object, which CPython keeps
+    NUL-terminated, so ``strtod`` can never read past it), ``body_start``
+    the offset of the first data row and ``columns`` the header's names
+    (id column first). Lines may end in LF or CRLF; blank lines are skipped.
+
+    Returns ``(blob, offsets, values, line_numbers)``: the ids' UTF-8 bytes
+    back to back, offsets (``n + 1`` int64) into the blob, a float64 matrix
+    of shape ``(n_features, n + 1)`` whose last column is zeros (the row
+    that missing ids point at), and the file line number of every row.
+
+    Raises ``CsvError`` naming the line and column of the first row with the
+    wrong number of fields, an empty or quoted id, a value that is not a
+    number, or a count that is negative or not finite.
+    """
+    cdef const uint8_t *buf = <const uint8_t *><char *>data
+    cdef Py_ssize_t size = len(data)
+    cdef Py_ssize_t n_features = len(columns) - 1
+    # An upper bound on rows: the number of line feeds, plus a last line
+    # without one.
+    cdef Py_ssize_t capacity = data.count(b"\n", body_start) + 1
+    cdef cnp.ndarray offsets = np.empty(capacity + 1, dtype=np.int64)
+    cdef cnp.ndarray values = np.zeros((n_features, capacity + 1), dtype=np.float64)
+    cdef cnp.ndarray lines = np.empty(capacity, dtype=np.int64)
+    cdef int64_t *off = <int64_t *>cnp.PyArray_DATA(offsets)
+    cdef double *val = <double *>cnp.PyArray_DATA(values)
+    cdef int64_t *line_of = <int64_t *>cnp.PyArray_DATA(lines)
+    # The blob is written in place over a copy of the ids; ids are never
+    # longer than the file.
+    cdef cnp.ndarray blob = np.empty(size - body_start + 1, dtype=np.uint8)
+    cdef uint8_t *out = <uint8_t *>cnp.PyArray_DATA(blob)
+    cdef Py_ssize_t pos = body_start, line_end, field_end, n = 0, written = 0, f, stride = capacity + 1
+    cdef Py_ssize_t line_no = 1 + data.count(b"\n", 0, body_start)
+    cdef const uint8_t *nl
+    cdef const uint8_t *p
+    cdef char *end
+    cdef double x
+    off[0] = 0
+    while pos < size:
+        nl = <const uint8_t *>memchr(buf + pos, b"\n", size - pos)
+        line_end = (nl - buf) if nl != NULL else size
+        field_end = line_end
+        if field_end > pos and buf[field_end - 1] == b"\r":
+            field_end -= 1
+        if field_end == pos:                   # blank line
+            pos = line_end + 1
+            line_no += 1
+            continue
+        # The id: everything up to the first comma.
+        p = <const uint8_t *>memchr(buf + pos, b",", field_end - pos)
+        if p == NULL:
+            raise CsvError(f"line {line_no}: expected {len(columns)} fields, found 1")
+        if p == buf + pos:
+            raise CsvError(f"line {line_no}: empty {columns[0]!r}")
+        if buf[pos] == b'"':
+            raise CsvError(f"line {line_no}: quoted fields are not supported")
+        memcpy(out + written, buf + pos, (p - buf) - pos)
+        written += (p - buf) - pos
+        pos = (p - buf) + 1
+        for f in range(n_features):
+            # Each value runs to the next comma (or the end of the line).
+            p = <const uint8_t *>memchr(buf + pos, b",", field_end - pos)
+            if p == NULL:
+                if f != n_features - 1:
+                    raise CsvError(f"line {line_no}: expected {len(columns)} fields, found {f + 2}")
+                p = buf + field_end
+            elif f == n_features - 1:
+                raise CsvError(f"line {line_no}: expected {len(columns)} fields, found more")
+            if p == buf + pos:
+                raise CsvError(f"line {line_no}, column {columns[f + 1]!r}: empty value")
+            x = strtod(<const char *>(buf + pos), &end)
+            if <const uint8_t *>end != p:
+                raise CsvError(
+                    f"line {line_no}, column {columns[f + 1]!r}: "
+                    f"{_field_text(buf + pos, (p - buf) - pos)!r} is not a number"
+                )
+            if not isfinite(x) or x < 0.0:
+                raise CsvError(
+                    f"line {line_no}, column {columns[f + 1]!r}: {x!r} is not a count "
+                    "(counts must be finite and >= 0)"
+                )
+            val[f * stride + n] = x
+            pos = (p - buf) + 1
+        line_of[n] = line_no
+        n += 1
+        off[n] = written
+        pos = line_end + 1
+        line_no += 1
+    # Trim to the rows found; the zero row moves to index n.
+    values = np.ascontiguousarray(values[:, : n + 1])
+    values[:, n] = 0.0
+    return blob[:written].copy(), offsets[: n + 1].copy(), values, lines[:n].copy()
+
+
+# --------------------------------------------------------------------------
+# The index
+# --------------------------------------------------------------------------
+
+def build_slots(const uint8_t[::1] blob, const int64_t[::1] offsets, const int64_t[::1] line_numbers):
+    """Build the hash slots over ``n = len(offsets) - 1`` ids.
+
+    Raises ``CsvError`` for a duplicate id, naming both of its lines.
+    """
+    cdef Py_ssize_t n = offsets.shape[0] - 1
+    if n >= 0xFFFFFFFF:
+        raise CsvError(f"{n} rows: at most {0xFFFFFFFF - 1} are supported")
+    cdef Py_ssize_t size = slot_count(n)
+    cdef uint64_t mask = size - 1
+    cdef cnp.ndarray slots_arr = np.zeros(size, dtype=np.uint64)
+    cdef uint64_t *slots = <uint64_t *>cnp.PyArray_DATA(slots_arr)
+    cdef const uint8_t *b = &blob[0] if blob.shape[0] else NULL
+    cdef Py_ssize_t row, other, length
+    cdef uint64_t h, i, tag, slot
+    cdef Py_ssize_t duplicate = -1, first = -1
+    with nogil:
+        for row in range(n):
+            length = offsets[row + 1] - offsets[row]
+            h = hash_bytes(b + offsets[row], length)
+            tag = h >> 32
+            i = h & mask
+            while True:
+                slot = slots[i]
+                if slot == 0:
+                    slots[i] = (tag << 32) | <uint64_t>(row + 1)
+                    break
+                if (slot >> 32) == tag:
+                    other = <Py_ssize_t>(slot & 0xFFFFFFFFULL) - 1
+                    if (offsets[other + 1] - offsets[other] == length
+                            and memcmp(b + offsets[other], b + offsets[row], length) == 0):
+                        duplicate = row
+                        first = other
+                        break
+                i = (i + 1) & mask
+            if duplicate >= 0:
+                break
+    if duplicate >= 0:
+        name = bytes(blob[offsets[duplicate]:offsets[duplicate + 1]]).decode("utf-8", "replace")
+        raise CsvError(
+            f"line {line_numbers[duplicate]}: duplicate id {name!r} "
+            f"(first on line {line_numbers[first]})"
+        )
+    return slots_arr
+
+
+cdef class IdIndex:
+    """Finds the rows of entity ids in a hash index built by ``build_slots``.
+
+    Holds references to the (typically memory-mapped) arrays it reads.
+    """
+
+    cdef object _slots, _blob, _offsets
+    cdef const uint64_t *slots
+    cdef const uint8_t *blob
+    cdef const int64_t *offsets
+    cdef uint64_t mask
+    cdef readonly Py_ssize_t n_rows
+    cdef readonly Py_ssize_t max_id_bytes
+
+    def __init__(self, slots, blob, offsets):
+        self._slots = np.ascontiguousarray(slots, dtype=np.uint64)
+        self._blob = np.ascontiguousarray(blob, dtype=np.uint8)
+        self._offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+        size = self._slots.shape[0]
+        if size < 1 or size & (size - 1):
+            raise ValueError("the slot count must be a power of two")
+        self.slots = <const uint64_t *>cnp.PyArray_DATA(self._slots)
+        self.blob = <const uint8_t *>cnp.PyArray_DATA(self._blob)
+        self.offsets = <const int64_t *>cnp.PyArray_DATA(self._offsets)
+        self.mask = size - 1
+        self.n_rows = self._offsets.shape[0] - 1
+        self.max_id_bytes = int(np.diff(self._offsets).max()) if self.n_rows else 0
+
+    cdef inline Py_ssize_t _find(self, const uint8_t *key, Py_ssize_t length) noexcept nogil:
+        cdef uint64_t h = hash_bytes(key, length)
+        cdef uint64_t tag = h >> 32
+        cdef uint64_t i = h & self.mask
+        cdef uint64_t slot
+        cdef Py_ssize_t row
+        while True:
+            slot = self.slots[i]
+            if slot == 0:
+                return -1
+            if (slot >> 32) == tag:
+                row = <Py_ssize_t>(slot & 0xFFFFFFFFULL) - 1
+                if (self.offsets[row + 1] - self.offsets[row] == length
+                        and memcmp(self.blob + self.offsets[row], key, length) == 0):
+                    return row
+            i = (i + 1) & self.mask
+
+    def find(self, list ids, bytes prefix=b"", bytes suffix=b""):
+        """Rows of ``prefix + id + suffix`` for every id in the list.
+
+        Returns ``(rows, missing)``: an int64 array in which ids that are not
+        in the index get ``n_rows`` (the zero row of the feature matrix),
+        and how many such ids there were. Raises ``TypeError`` for an
+        element that is not a ``str``.
+        """
+        cdef Py_ssize_t n = PyList_GET_SIZE(ids)
+        cdef cnp.ndarray rows_arr = cnp.PyArray_EMPTY(1, [n], cnp.NPY_INT64, 0)
+        cdef int64_t *rows = <int64_t *>cnp.PyArray_DATA(rows_arr)
+        cdef Py_ssize_t p_len = len(prefix), s_len = len(suffix)
+        cdef Py_ssize_t limit = self.max_id_bytes
+        cdef Py_ssize_t i, length, row, missing = 0
+        cdef const char *text
+        cdef object item
+        # prefix + id + suffix is assembled in one buffer; a key longer than
+        # the longest stored id cannot match and is not assembled at all.
+        cdef uint8_t *key = <uint8_t *>malloc(limit + 1)
+        if key == NULL:
+            raise MemoryError()
+        try:
+            memcpy(key, <char *>prefix, p_len if p_len <= limit else 0)
+            for i in range(n):
+                item = <object>PyList_GET_ITEM(ids, i)
+                if not PyUnicode_Check(item):
+                    raise TypeError(f"item {i} is {type(item).__name__}, not str")
+                text = PyUnicode_AsUTF8AndSize(item, &length)
+                if p_len + length + s_len > limit:
+                    rows[i] = self.n_rows
+                    missing += 1
+                    continue
+                memcpy(key + p_len, text, length)
+                memcpy(key + p_len + length, <char *>suffix, s_len)
+                row = self._find(key, p_len + length + s_len)
+                if row < 0:
+                    rows[i] = self.n_rows
+                    missing += 1
+                else:
+                    rows[i] = row
+        finally:
+            free(key)
+        return rows_arr, missing
+
+    def id_at(self, Py_ssize_t row):
+        """The id stored at ``row`` (for messages and tests)."""
+        if not 0 <= row < self.n_rows:
+            raise IndexError(row)
+        return (<char *>self.blob)[self.offsets[row]:self.offsets[row + 1]].decode("utf-8")

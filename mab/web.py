@@ -1,0 +1,232 @@
+"""The HTTP edge: a Falcon WSGI application over the prediction service.
+
+``create_app(config)`` builds everything a worker needs; nothing is built at
+import time. Domain errors become HTTP errors here and only here
+(``ERROR_STATUS``), and every error, Falcon's own included, leaves as the
+same JSON shape::
+
+    {"error": {"code": "invalid_value", "message": "top_k must be >= 1, got 0"}}
+"""
+
+import importlib.resources
+import logging
+import os
+import socket
+
+import falcon
+import orjson
+
+from mab.errors import (
+    InvalidRequest,
+    MabError,
+    MalformedRequest,
+    TooManyItems,
+    Unavailable,
+    UnknownModel,
+)
+from mab.service import PredictionService, parse_prediction_request
+from mab.stores import create_store
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+
+# The one table from domain errors to HTTP statuses (most specific first).
+ERROR_STATUS = (
+    (MalformedRequest, 400),
+    (UnknownModel, 404),
+    (TooManyItems, 413),
+    (InvalidRequest, 422),
+    (Unavailable, 503),
+)
+
+# Codes for errors that Falcon raises itself (routing, methods, headers).
+_CODE_BY_STATUS = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    411: "length_required",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+    500: "internal_error",
+    503: "unavailable",
+}
+
+
+_served_by = (None, None)
+
+
+def served_by():
+    """``host/pid`` of this worker, for the X-Served-By header: which pod and
+    worker answered. Computed again after a fork."""
+    global _served_by
+    pid = os.getpid()
+    if _served_by[0] != pid:
+        _served_by = (pid, f"{socket.gethostname()}/{pid}")
+    return _served_by[1]
+
+
+def serialize_error(req, resp, exception):
+    """Falcon's error serializer: our JSON shape, whatever the client accepts."""
+    status = exception.status_code
+    code = exception.code or _CODE_BY_STATUS.get(status, "error")
+    message = exception.description
+    if message is None:
+        # Falcon's routing errors carry no description; say what was asked.
+        if status == 404:
+            message = f"no resource at {req.path}"
+        elif status == 405:
+            allowed = (exception.headers or {}).get("Allow", "")
+            message = f"{req.method} is not allowed on {req.path}" + (f" (allowed: {allowed})" if allowed else "")
+        else:
+            message = exception.title
+    resp.data = orjson.dumps({"error": {"code": code, "message": message}})
+    resp.content_type = JSON
+
+
+def handle_domain_error(req, resp, exception, params):
+    for error_class, status in ERROR_STATUS:
+        if isinstance(exception, error_class):
+            break
+    else:
+        log.error("unmapped domain error: %r", exception)
+        status = 500
+    headers = None
+    if isinstance(exception, Unavailable):
+        headers = {"Retry-After": str(exception.retry_after)}
+    raise falcon.HTTPError(status, description=exception.message, code=exception.code, headers=headers)
+
+
+def read_json_body(req, max_bytes):
+    """The request's JSON document, within the limits; HTTP errors otherwise."""
+    media_type = (req.content_type or "").split(";", 1)[0].strip().lower()
+    if media_type != JSON and not media_type.endswith("+json"):
+        raise falcon.HTTPError(
+            415,
+            description=f"the body must be JSON: send Content-Type: {JSON}"
+            + (f" (got {req.content_type!r})" if req.content_type else ""),
+            code="unsupported_media_type",
+        )
+    length = req.content_length
+    if length is None:
+        raise falcon.HTTPError(411, description="a Content-Length header is required", code="length_required")
+    if length > max_bytes:
+        raise falcon.HTTPError(
+            413, description=f"the body has {length} bytes; the limit is {max_bytes}", code="body_too_large"
+        )
+    raw = req.bounded_stream.read(length)
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise falcon.HTTPError(400, description=f"the body is not valid JSON: {exc}", code="malformed_json")
+
+
+class PredictionResource:
+    """POST /predict: rank items by one Thompson sample each."""
+
+    def __init__(self, service, *, max_items, max_body_bytes):
+        self.service = service
+        self.max_items = max_items
+        self.max_body_bytes = max_body_bytes
+
+    def on_post(self, req, resp):
+        doc = read_json_body(req, self.max_body_bytes)
+        request = parse_prediction_request(doc, self.max_items)
+        prediction = self.service.predict(request)
+        resp.data = orjson.dumps(
+            {
+                "model": prediction.model,
+                "item_ids": prediction.item_ids,
+                "scores": prediction.scores,
+                "seed": prediction.seed,
+                "missing": prediction.missing,
+                "degraded": prediction.degraded,
+            },
+            option=orjson.OPT_SERIALIZE_NUMPY,
+        )
+        resp.content_type = JSON
+        resp.set_header("X-Served-By", served_by())
+
+
+class HealthResource:
+    """GET /health: liveness. Never touches a store."""
+
+    BODY = orjson.dumps({"status": "ok"})
+
+    def on_get(self, req, resp):
+        resp.data = self.BODY
+        resp.content_type = JSON
+
+
+class ReadinessResource:
+    """GET /ready: 503 until every model and store has loaded, then 200."""
+
+    def __init__(self, service):
+        self.service = service
+
+    def on_get(self, req, resp):
+        ready, details = self.service.readiness()
+        if not ready:
+            resp.status = 503
+            resp.set_header("Retry-After", "1")
+        resp.data = orjson.dumps(details)
+        resp.content_type = JSON
+        resp.set_header("X-Served-By", served_by())
+
+
+class OpenAPIResource:
+    """GET /openapi.json: the API's OpenAPI 3 document, with this service's limits."""
+
+    def __init__(self, *, max_items):
+        document = load_openapi_document()
+        schema = document["components"]["schemas"]["PredictionRequest"]["properties"]["item_ids"]
+        schema["maxItems"] = max_items
+        self.document = orjson.dumps(document)
+
+    def on_get(self, req, resp):
+        resp.data = self.document
+        resp.content_type = JSON
+
+
+def load_openapi_document():
+    return orjson.loads(importlib.resources.files("mab").joinpath("openapi.json").read_bytes())
+
+
+def create_stores(config):
+    return {name: create_store(settings, config.cache_dir) for name, settings in config.stores.items()}
+
+
+class App(falcon.App):
+    """A Falcon app that also holds its prediction service, for the server's
+    hooks (closing stores on worker exit) and for tests."""
+
+    def __init__(self, service, **kwargs):
+        super().__init__(**kwargs)
+        self.service = service
+
+
+def create_app(config, *, stores=None, load="background"):
+    """The WSGI application for one worker.
+
+    ``stores`` replaces the stores the configuration describes (tests inject
+    their own). ``load`` is "background" (the app answers at once; /ready
+    says when it can predict), "now" (load before returning) or "no".
+    """
+    service = PredictionService(config, stores if stores is not None else create_stores(config))
+    app = App(service, media_type=JSON)
+    app.set_error_serializer(serialize_error)
+    app.add_error_handler(MabError, handle_domain_error)
+    app.add_route(
+        "/predict",
+        PredictionResource(service, max_items=config.max_items, max_body_bytes=config.max_body_bytes),
+    )
+    app.add_route("/health", HealthResource())
+    app.add_route("/ready", ReadinessResource(service))
+    app.add_route("/openapi.json", OpenAPIResource(max_items=config.max_items))
+    if load == "background":
+        service.load_in_background()
+    elif load == "now":
+        service.load()
+    elif load != "no":
+        raise ValueError(f"load must be 'background', 'now' or 'no', not {load!r}")
+    return app

@@ -1,0 +1,106 @@
+import os
+
+import pytest
+
+from mab.config import EntityTemplate, load_config
+from mab.errors import ConfigError
+from mab.stores.embedded import Settings as EmbeddedSettings
+
+
+def test_defaults_from_environment(make_config, items_csv):
+    config = make_config(MAB_DATA=str(items_csv))
+    assert config.max_items == 10_000
+    assert list(config.models) == ["default"]
+    model = config.models["default"]
+    assert (model.successes, model.failures, model.prior_alpha, model.prior_beta) == ("successes", "failures", 1.0, 1.0)
+    assert model.entity_id.text == "{item_id}"
+    assert config.stores["default"] == EmbeddedSettings(name="default", path=str(items_csv))
+
+
+def test_environment_overrides_file(make_config, items_csv, tmp_path):
+    config = make_config(
+        {"max_items": 5, "stores": {"default": {"path": "elsewhere.csv"}}},
+        MAB_DATA=str(items_csv),
+        MAB_MAX_ITEMS="7",
+        MAB_MAX_BODY_BYTES="2048",
+    )
+    assert config.max_items == 7
+    assert config.max_body_bytes == 2048
+    assert config.stores["default"].path == str(items_csv)
+
+
+def test_toml_file(tmp_path, items_csv, monkeypatch):
+    path = tmp_path / "mab.toml"
+    path.write_text(
+        f"""
+max_items = 100
+[stores.default]
+path = "{items_csv.name}"
+[models.default]
+prior_alpha = 2
+[models.per_user]
+entity_id = "{{user_id}}:{{item_id}}"
+"""
+    )
+    config = load_config({"MAB_CONFIG": str(path)})
+    assert config.max_items == 100
+    # Relative paths are relative to the file.
+    assert config.stores["default"].path == str(items_csv)
+    assert config.models["default"].prior_alpha == 2.0
+    assert config.models["per_user"].entity_id.needs_user
+    assert config.source == str(path)
+
+
+@pytest.mark.parametrize(
+    ("document", "environ", "message"),
+    [
+        ({}, {}, r"stores\.default\.path: the embedded store needs a CSV file \(set MAB_DATA\)"),
+        ({"max_items": 0}, {"MAB_DATA": "x.csv"}, "max_items must be an integer >= 1"),
+        ({}, {"MAB_DATA": "x.csv", "MAB_MAX_ITEMS": "many"}, "MAB_MAX_ITEMS must be an integer"),
+        ({"colour": "blue"}, {"MAB_DATA": "x.csv"}, "top level: unknown setting.*colour"),
+        ({"models": {"default": {"prior_alpha": 0}}}, {"MAB_DATA": "x.csv"}, r"models\.default\.prior_alpha must be finite and > 0"),
+        ({"models": {"default": {"prior_beta": "1"}}}, {"MAB_DATA": "x.csv"}, r"models\.default\.prior_beta must be float"),
+        ({"models": {"default": {"store": "nope"}}}, {"MAB_DATA": "x.csv"}, r"no store named 'nope'"),
+        ({"models": {"default": {"priors": 1}}}, {"MAB_DATA": "x.csv"}, r"models\.default: unknown setting.*priors"),
+        ({"models": {"default": {"entity_id": "{user_id}"}}}, {"MAB_DATA": "x.csv"}, r"\{item_id\} exactly once"),
+        ({"models": {"default": {"on_store_error": "shrug"}}}, {"MAB_DATA": "x.csv"}, "on_store_error"),
+        ({"stores": {"default": {"backend": "redis"}}}, {}, "unknown backend 'redis'"),
+        ({"stores": {"default": {"path": "x.csv", "mode": "fast"}}}, {}, r"stores\.default: unknown setting.*mode"),
+    ],
+)
+def test_invalid_configurations(make_config, document, environ, message):
+    with pytest.raises(ConfigError, match=message):
+        make_config(document, **environ)
+
+
+def test_unreadable_and_invalid_files(tmp_path):
+    with pytest.raises(ConfigError, match="No such file"):
+        load_config({"MAB_CONFIG": str(tmp_path / "absent.toml")})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("max_items = ")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config({"MAB_CONFIG": str(bad)})
+
+
+@pytest.mark.parametrize(
+    ("text", "user", "parts"),
+    [
+        ("{item_id}", None, ("", "")),
+        ("{user_id}:{item_id}", "u-17", ("u-17:", "")),
+        ("item/{item_id}@{user_id}", "u", ("item/", "@u")),
+        ("{{{item_id}}}", None, ("{", "}")),
+    ],
+)
+def test_entity_templates(text, user, parts):
+    assert EntityTemplate(text).parts(user) == parts
+
+
+@pytest.mark.parametrize("text", ["{item}", "{item_id}{item_id}", "{user_id}{user_id}{item_id}", "{item_id:>5}", "{item_id"])
+def test_bad_entity_templates(text):
+    with pytest.raises(ConfigError):
+        EntityTemplate(text)
+
+
+def test_default_cache_dir_is_per_user(make_config, items_csv):
+    config = load_config({"MAB_DATA": str(items_csv)})
+    assert config.cache_dir.endswith(f"mab-cache-{os.getuid()}")
