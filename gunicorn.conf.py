@@ -24,11 +24,13 @@ backlog = int(os.environ.get("MAB_BACKLOG", "2048"))
 # workers: one per core this process may run on (taskset and cgroup cpusets
 #   respected), since a worker keeps one core busy; WEB_CONCURRENCY overrides.
 #
-# worker_class: gthread. Measured on this project's 2-core machine, server
-#   pinned to one core, 400-id requests (docs/benchmarks.md): keep-alive
-#   connections spare the per-request TCP handshake that the sync worker pays,
-#   and its threads let a worker wait on a remote feature store for one
-#   request while serving another.
+# worker_class: gthread. Measured with scripts/bench.py on this project's
+#   2-core machine (server pinned to one core, 400-id requests, 32 keep-alive
+#   connections, docs/benchmarks.md), gunicorn 27's sync and gthread workers
+#   cost the same: 806 and 798 us of server CPU per request, 1,237 and 1,247
+#   requests/s. gthread wins on what the figure does not show: it keeps
+#   connections alive, and its threads let a worker serve one request while
+#   another waits on a remote feature store; a sync worker would sit idle.
 #
 # threads: per worker, for the reason above; the sampler itself uses one
 #   thread per worker (MAB_SAMPLER_THREADS), see mab.sampling.

@@ -166,6 +166,7 @@ class ReadinessResource:
 
     def on_get(self, req, resp):
         ready, details = self.service.readiness()
+        details["worker"] = served_by()
         if not ready:
             resp.status = 503
             resp.set_header("Retry-After", "1")
