@@ -64,33 +64,28 @@ preload_app = False
 # -- Logging -------------------------------------------------------------------
 #
 # Everything to stdout, where a container runtime collects it. The access log
-# costs CPU on every request, so it is off unless MAB_ACCESS_LOG=1.
+# costs CPU on every request, so it is off unless MAB_ACCESS_LOG=1. (Not
+# logconfig_dict: any logconfig_dict makes gunicorn format an access record
+# for every request, even with accesslog unset.) The application's own
+# records (logger "mab") go to gunicorn's error log; see _route_app_logs.
 
 loglevel = os.environ.get("MAB_LOG_LEVEL", "info")
-accesslog = "-" if os.environ.get("MAB_ACCESS_LOG", "0") == "1" else None
-logconfig_dict = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "root": {"level": "INFO", "handlers": ["console"]},
-    "loggers": {
-        "gunicorn.error": {"level": loglevel.upper(), "handlers": ["console"], "propagate": False, "qualname": "gunicorn.error"},
-        "gunicorn.access": {"level": "INFO", "handlers": ["access"], "propagate": False, "qualname": "gunicorn.access"},
-        "mab": {"level": loglevel.upper(), "handlers": ["console"], "propagate": False},
-    },
-    "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "generic", "stream": "ext://sys.stdout"},
-        "access": {"class": "logging.StreamHandler", "formatter": "access", "stream": "ext://sys.stdout"},
-    },
-    "formatters": {
-        "generic": {"format": "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"},
-        "access": {"format": "%(message)s"},
-    },
-}
+errorlog = "/dev/stdout"
+accesslog = "/dev/stdout" if os.environ.get("MAB_ACCESS_LOG", "0") == "1" else None
 
 proc_name = "mab"
 
 
 # -- Server hooks --------------------------------------------------------------
+
+
+def _route_app_logs(log):
+    import logging
+
+    app_logger = logging.getLogger("mab")
+    app_logger.handlers = list(log.error_log.handlers)
+    app_logger.setLevel(log.error_log.level)
+    app_logger.propagate = False
 
 
 def on_starting(server):
@@ -102,6 +97,7 @@ def on_starting(server):
     from mab.stores.embedded import Settings as EmbeddedSettings
     from mab.stores.embedded import prepare
 
+    _route_app_logs(server.log)
     try:
         config = load_config()
         for settings in config.stores.values():
@@ -110,6 +106,11 @@ def on_starting(server):
                 server.log.info("store %r: %s %s", settings.name, "compiled into" if built else "using", path)
     except MabError as exc:
         sys.exit(f"mab: {exc.message}")
+
+
+def post_fork(server, worker):
+    """In the new worker, before it imports the app: its logs go where the master's do."""
+    _route_app_logs(worker.log)
 
 
 def worker_exit(server, worker):

@@ -148,6 +148,14 @@ def test_health_never_needs_the_store(server):
     assert status == 200 and orjson.loads(body) == {"status": "ok"}
 
 
+def test_logs_go_to_stdout_without_access_lines(server):
+    server.wait_ready()
+    server.predict({"item_ids": ["item-000001"]})
+    output = server.output()
+    assert "store 'default' ready" in output, "the app's records reach gunicorn's log"
+    assert "POST /predict" not in output, "no access log unless MAB_ACCESS_LOG=1"
+
+
 def test_stops_cleanly_by_pid(server):
     server.wait_ready()
     workers = server.worker_pids()
