@@ -201,9 +201,11 @@ class App(falcon.App):
     """A Falcon app that also holds its prediction service, for the server's
     hooks (closing stores on worker exit) and for tests."""
 
-    def __init__(self, service, **kwargs):
+    def __init__(self, service, *, max_body_bytes, **kwargs):
         super().__init__(**kwargs)
         self.service = service
+        # Read by mab.worker, which refuses larger bodies before reading them.
+        self.max_body_bytes = max_body_bytes
 
 
 def create_app(config, *, stores=None, load="background"):
@@ -214,7 +216,7 @@ def create_app(config, *, stores=None, load="background"):
     says when it can predict), "now" (load before returning) or "no".
     """
     service = PredictionService(config, stores if stores is not None else create_stores(config))
-    app = App(service, media_type=JSON)
+    app = App(service, max_body_bytes=config.max_body_bytes, media_type=JSON)
     app.set_error_serializer(serialize_error)
     app.add_error_handler(MabError, handle_domain_error)
     app.add_route(
