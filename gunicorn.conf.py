@@ -113,6 +113,16 @@ def post_fork(server, worker):
     _route_app_logs(worker.log)
 
 
+def post_worker_init(worker):
+    """Take connections only once the app can answer them. Otherwise a worker
+    recycled by max_requests would answer 503 (not ready) while it maps its
+    stores. Bounded well inside the heartbeat timeout; if loading fails or
+    takes longer, the worker serves and /ready tells why."""
+    service = getattr(worker.wsgi, "service", None)
+    if service is not None and not service.wait_until_ready(worker.timeout / 3):
+        worker.log.warning("not ready after %.0fs; serving anyway (/ready says why)", worker.timeout / 3)
+
+
 def worker_exit(server, worker):
     """Release what the worker's app holds (store maps, pools, channels)."""
     app = getattr(worker, "wsgi", None)

@@ -1,8 +1,6 @@
 """End to end: gunicorn with gunicorn.conf.py and app.py, over real HTTP."""
 
-import http.client
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -11,79 +9,9 @@ import time
 import orjson
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.serving import ROOT, Server, free_port  # noqa: F401 (Server is used by other test modules)
+
 N_ITEMS = 2000
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """gunicorn in its own process group, stopped by PID."""
-
-    def __init__(self, tmp_path, env):
-        self.port = free_port()
-        self.log_path = tmp_path / "gunicorn.log"
-        self.env = dict(os.environ, GUNICORN_CMD_ARGS=f"--bind 127.0.0.1:{self.port}", **env)
-        self.process = None
-
-    def start(self):
-        self.log = open(self.log_path, "w")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", os.path.join(ROOT, "gunicorn.conf.py"), "--chdir", ROOT, "app:app"],
-            env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        return self
-
-    def output(self):
-        return self.log_path.read_text()
-
-    def request(self, method, path, body=None, headers=None):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            response = conn.getresponse()
-            return response.status, response.headers, response.read()
-        finally:
-            conn.close()
-
-    def predict(self, doc):
-        status, headers, body = self.request(
-            "POST", "/predict", orjson.dumps(doc), {"Content-Type": "application/json"}
-        )
-        assert status == 200, body
-        return headers["X-Served-By"], orjson.loads(body)
-
-    def wait_ready(self, timeout=60):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"gunicorn exited with {self.process.returncode}:\n{self.output()}")
-            try:
-                if self.request("GET", "/ready")[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"not ready after {timeout}s:\n{self.output()}")
-
-    def worker_pids(self):
-        out = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True).stdout
-        return {int(pid) for pid in out.split()}
-
-    def stop(self):
-        if self.process and self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        self.log.close()
-        return self.process.returncode
 
 
 @pytest.fixture

@@ -1,0 +1,355 @@
+"""mab.worker.HttptoolsWorker under a real gunicorn master, over raw sockets."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import orjson
+import pytest
+
+from tests.serving import ROOT, Server
+
+WORKER = "mab.worker.HttptoolsWorker"
+BODY = orjson.dumps({"item_ids": ["item-000001", "item-000002", "nope"], "seed": 1})
+
+
+@pytest.fixture(scope="module")
+def data_csv(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "items.csv"
+    subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "make_demo_data.py"), "--items", "1000", "--out", str(path)],
+        check=True, capture_output=True,
+    )
+    return path
+
+
+def start(tmp_path, data_csv, **env):
+    settings = {
+        "MAB_DATA": str(data_csv),
+        "MAB_CACHE_DIR": str(tmp_path / "cache"),
+        "MAB_WORKER_CLASS": WORKER,
+        "WEB_CONCURRENCY": "1",
+    }
+    settings.update(env)
+    server = Server(tmp_path, settings).start()
+    server.wait_ready()
+    return server
+
+
+@pytest.fixture
+def server(tmp_path, data_csv):
+    server = start(tmp_path, data_csv)
+    yield server
+    server.stop()
+
+
+def post(body=BODY, *, path="/predict", extra=b"", close=False):
+    return (
+        b"POST %s HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s%s\r\n%s"
+        % (path.encode(), len(body), extra, b"Connection: close\r\n" if close else b"", body)
+    )
+
+
+class Client:
+    """One raw connection; reads responses framed by Content-Length or chunks."""
+
+    def __init__(self, port):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.buffer = b""
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def _fill(self):
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed")
+        self.buffer += chunk
+
+    def response(self):
+        while b"\r\n\r\n" not in self.buffer:
+            self._fill()
+        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+        if "content-length" in headers:
+            n = int(headers["content-length"])
+            while len(self.buffer) < n:
+                self._fill()
+            body, self.buffer = self.buffer[:n], self.buffer[n:]
+        elif headers.get("transfer-encoding") == "chunked":
+            body = b""
+            while True:
+                while b"\r\n" not in self.buffer:
+                    self._fill()
+                size_line, self.buffer = self.buffer.split(b"\r\n", 1)
+                size = int(size_line, 16)
+                while len(self.buffer) < size + 2:
+                    self._fill()
+                body, self.buffer = body + self.buffer[:size], self.buffer[size + 2:]
+                if size == 0:
+                    break
+        else:
+            body = b""
+        return status, headers, body
+
+    def closed(self, timeout=5):
+        """True once the server closes the connection (within `timeout`)."""
+        self.sock.settimeout(timeout)
+        try:
+            while True:
+                if not self.sock.recv(65536):
+                    return True
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        except socket.timeout:
+            return False
+
+    def close(self):
+        self.sock.close()
+
+
+def error_code(body):
+    return orjson.loads(body)["error"]["code"]
+
+
+# -- keep-alive, pipelining, framing ------------------------------------------------
+
+
+def test_keep_alive_serves_many_requests_on_one_connection(server):
+    client = Client(server.port)
+    seen = set()
+    for _ in range(20):
+        client.send(post())
+        status, headers, body = client.response()
+        assert status == 200 and "connection" not in headers
+        seen.add(orjson.loads(body)["scores"][0])
+    assert len(seen) == 1, "seeded: the same answer every time"
+    client.send(post(close=True))
+    status, headers, _ = client.response()
+    assert status == 200 and headers["connection"] == "close"
+    assert client.closed()
+
+
+def test_pipelined_requests_are_answered_in_order(server):
+    client = Client(server.port)
+    bodies = [orjson.dumps({"item_ids": [f"item-{i:06d}"], "seed": i}) for i in range(10)]
+    client.send(b"".join(post(b) for b in bodies))
+    for i in range(10):
+        status, _, body = client.response()
+        assert status == 200 and orjson.loads(body)["item_ids"] == [f"item-{i:06d}"]
+
+
+def test_requests_split_across_packets(server):
+    client = Client(server.port)
+    data = post()
+    for i in range(0, len(data), 7):
+        client.send(data[i:i + 7])
+        time.sleep(0.001)
+    assert client.response()[0] == 200
+
+
+def test_chunked_request_body(server):
+    client = Client(server.port)
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(BODY[i:i + 10]), BODY[i:i + 10]) for i in range(0, len(BODY), 10))
+    client.send(
+        b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n"
+    )
+    status, _, body = client.response()
+    assert status == 200 and len(orjson.loads(body)["item_ids"]) == 3
+
+
+def test_expect_100_continue(server):
+    client = Client(server.port)
+    head = post().split(b"\r\n\r\n", 1)[0] + b"\r\nExpect: 100-continue\r\n\r\n"
+    client.send(head)
+    status, _, _ = client.response()
+    assert status == 100
+    client.send(BODY)
+    assert client.response()[0] == 200
+
+
+def test_http_1_0_closes_unless_asked_to_keep_alive(server):
+    client = Client(server.port)
+    client.send(b"GET /health HTTP/1.0\r\n\r\n")
+    status, headers, _ = client.response()
+    assert status == 200 and headers["connection"] == "close"
+    assert client.closed()
+    client = Client(server.port)
+    client.send(b"GET /health HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    status, headers, _ = client.response()
+    assert status == 200 and headers["connection"] == "keep-alive"
+    client.send(b"GET /health HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    assert client.response()[0] == 200
+
+
+def test_application_errors_keep_the_connection(server):
+    client = Client(server.port)
+    client.send(post(b"{not json"))
+    status, _, body = client.response()
+    assert status == 400 and error_code(body) == "malformed_json"
+    client.send(post())
+    assert client.response()[0] == 200
+
+
+def test_response_headers(server):
+    client = Client(server.port)
+    client.send(post())
+    status, headers, body = client.response()
+    assert headers["content-type"] == "application/json"
+    assert int(headers["content-length"]) == len(body)
+    assert headers["date"].endswith("GMT")
+    assert headers["x-served-by"].endswith(f"/{next(iter(server.worker_pids()))}")
+
+
+# -- limits and hostile input ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "code"),
+    [
+        (b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: t\r\n\r\n", 414, "uri_too_long"),
+        (b"GET /health HTTP/1.1\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", 431, "header_too_large"),
+        (b"GET /health HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(120)) + b"\r\n", 431,
+         "too_many_headers"),
+        (b"POST /predict HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400,
+         "bad_request"),
+        (b"POST /predict HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", 400, "bad_request"),
+        (b"POST /predict HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400, "bad_request"),
+        (b"GARBAGE\r\n\r\n", 400, "bad_request"),
+        (b"GET /health HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n", 400, "upgrade_not_supported"),
+        (b"POST /predict HTTP/1.1\r\nExpect: something-else\r\nContent-Length: 1\r\n\r\n", 417, "expectation_failed"),
+    ],
+)
+def test_refused_requests_close_the_connection(server, raw, status, code):
+    client = Client(server.port)
+    client.send(raw)
+    got, headers, body = client.response()
+    assert (got, error_code(body)) == (status, code)
+    assert headers["connection"] == "close"
+    assert client.closed()
+
+
+def test_body_over_the_limit_is_refused_before_it_is_read(tmp_path, data_csv):
+    server = start(tmp_path, data_csv, MAB_MAX_BODY_BYTES="1000")
+    try:
+        client = Client(server.port)
+        # Only the head is sent: the answer must not wait for the 2,000 bytes.
+        client.send(b"POST /predict HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 2000\r\n\r\n")
+        status, _, body = client.response()
+        assert status == 413 and error_code(body) == "body_too_large"
+        chunked = Client(server.port)
+        chunked.send(b"POST /predict HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n800\r\n" + b"x" * 0x800 + b"\r\n")
+        status, _, body = chunked.response()
+        assert status == 413 and error_code(body) == "body_too_large"
+    finally:
+        server.stop()
+
+
+def test_slow_and_idle_connections_are_closed(tmp_path, data_csv):
+    server = start(tmp_path, data_csv, MAB_TIMEOUT="2", MAB_KEEPALIVE="1")
+    try:
+        slow = Client(server.port)
+        slow.send(b"POST /predict HTTP/1.1\r\nContent-Length: 100\r\n\r\n{")   # and then nothing
+        idle = Client(server.port)
+        idle.send(b"GET /health HTTP/1.1\r\n\r\n")
+        assert idle.response()[0] == 200
+        started = time.monotonic()
+        assert idle.closed(timeout=5), "idle keep-alive connection closed after keepalive seconds"
+        assert time.monotonic() - started < 4
+        status, _, body = slow.response()
+        assert status == 408 and error_code(body) == "request_timeout"
+    finally:
+        server.stop()
+
+
+# -- gunicorn's supervision -----------------------------------------------------------
+
+
+def test_graceful_stop_finishes_requests_in_flight(tmp_path, data_csv):
+    server = start(tmp_path, data_csv, MAB_GRACEFUL_TIMEOUT="10")
+    client = Client(server.port)
+    head, body = post().split(b"\r\n\r\n", 1)
+    client.send(head + b"\r\n\r\n" + body[:5])       # a request half sent
+    time.sleep(0.2)
+    os.kill(server.process.pid, signal.SIGTERM)
+    time.sleep(0.5)
+    client.send(body[5:])
+    status, headers, _ = client.response()
+    assert status == 200 and headers["connection"] == "close"
+    assert server.process.wait(15) == 0
+    server.log.close()
+
+
+def test_reload_replaces_workers(tmp_path, data_csv):
+    server = start(tmp_path, data_csv, WEB_CONCURRENCY="2")
+    try:
+        before = server.worker_pids()
+        os.kill(server.process.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            now = server.worker_pids()
+            if len(now) == 2 and not now & before:
+                break
+            time.sleep(0.1)
+        assert len(now) == 2 and not now & before
+        server.wait_ready()
+        assert server.predict({"item_ids": ["item-000001"]})[1]["item_ids"] == ["item-000001"]
+    finally:
+        server.stop()
+
+
+def test_max_requests_recycles_the_worker(tmp_path, data_csv):
+    server = start(tmp_path, data_csv, MAB_MAX_REQUESTS="5", MAB_MAX_REQUESTS_JITTER="0")
+    try:
+        first = server.worker_pids()
+        workers = set()
+        for _ in range(12):
+            worker, _ = server.predict({"item_ids": ["item-000001"]})
+            workers.add(worker)
+            time.sleep(0.05)
+        assert len(workers) >= 2, "a new worker took over after 5 requests"
+        assert server.worker_pids() != first
+        assert "Autorestarting worker" in server.output()
+    finally:
+        server.stop()
+
+
+def test_access_log_when_asked(tmp_path, data_csv):
+    server = start(tmp_path, data_csv, MAB_ACCESS_LOG="1")
+    try:
+        server.predict({"item_ids": ["item-000001"]})
+    finally:
+        server.stop()
+    assert '"POST /predict HTTP/1.1" 200' in server.output()
+
+
+def test_threads_serve_concurrent_connections(tmp_path, data_csv):
+    server = start(tmp_path, data_csv, MAB_WORKER_THREADS="4")
+    try:
+        errors = []
+
+        def hammer():
+            try:
+                client = Client(server.port)
+                for i in range(30):
+                    client.send(post(orjson.dumps({"item_ids": [f"item-{i:06d}"], "seed": i})))
+                    status, _, body = client.response()
+                    assert status == 200 and orjson.loads(body)["item_ids"] == [f"item-{i:06d}"]
+            except Exception as exc:      # collected for the main thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=hammer) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors, errors
+    finally:
+        server.stop()
