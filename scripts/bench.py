@@ -21,6 +21,7 @@ Systems (--systems, comma-separated):
     mab          this service under gunicorn with gunicorn.conf.py's defaults
     mab-sync     the same with gunicorn's sync worker
     mab-gthread  the same with gunicorn's gthread worker
+    mab-httptools  the same with mab.worker.HttptoolsWorker
     go           ../shared/peers/go-peer with its pure-Go sampler (the stronger peer)
     go-cgo       the Go peer with its C++ sampler called through cgo
     url=URL      an already running server (no CPU figures)
@@ -230,6 +231,7 @@ def make_system(spec, args):
         "mab": lambda: make_mab("mab", args),
         "mab-sync": lambda: make_mab("mab-sync", args, "sync"),
         "mab-gthread": lambda: make_mab("mab-gthread", args, "gthread"),
+        "mab-httptools": lambda: make_mab("mab-httptools", args, "mab.worker.HttptoolsWorker"),
         "go": lambda: make_go("go", args, "go"),
         "go-cgo": lambda: make_go("go-cgo", args, "cgo"),
     }
@@ -382,6 +384,35 @@ def print_table(rows, first):
         )
 
 
+def write_chart(rows, path, title):
+    """Throughput against p99 latency, one line per system (points: concurrency steps)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (pip install -e '.[bench]'): no chart", file=sys.stderr)
+        return None
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for system in dict.fromkeys(r["system"] for r in rows):
+        mine = sorted((r for r in rows if r["system"] == system), key=lambda r: r["connections"])
+        xs = [r["predictions_per_s"] / 1e6 for r in mine]
+        ys = [r["p99_ms"] for r in mine]
+        ax.plot(xs, ys, marker="o", label=system)
+        for r, x, y in zip(mine, xs, ys):
+            ax.annotate(str(r["connections"]), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel("million predictions per second")
+    ax.set_ylabel("p99 latency (ms)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -400,7 +431,8 @@ def main(argv=None):
     parser.add_argument("--server-cores", default="0", help="taskset list for the servers (default 0)")
     parser.add_argument("--load-cores", default="1", help="taskset list for wrk (default 1)")
     parser.add_argument("--go-peer", default=os.path.join(ROOT, "..", "shared", "peers", "go-peer"))
-    parser.add_argument("--out", help="JSON results path (default bench-results/<time>.json)")
+    parser.add_argument("--out", help="JSON results path (default bench-results/<time>.json); the chart goes beside it")
+    parser.add_argument("--no-chart", action="store_true", help="skip the PNG chart")
     args = parser.parse_args(argv)
 
     ensure_wrk()
@@ -451,15 +483,21 @@ def main(argv=None):
 
     names = [s.name for s in systems]
     rows = summarize(steps, names, connections)
-    print(f"\n{args.ids} ids per request, {args.items:,} items; servers on cores {args.server_cores}, "
-          f"wrk on cores {args.load_cores}; medians of {args.rounds} rounds of {args.duration:g}s")
+    title = (f"{args.ids} ids per request, {args.items:,} items; servers on cores {args.server_cores}, "
+             f"wrk on cores {args.load_cores}; medians of {args.rounds} rounds of {args.duration:g}s")
+    print("\n" + title)
     print_table(rows, names[0])
     out = args.out or os.path.join(ROOT, "bench-results", f"bench-{stamp}.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
         json.dump({"arguments": {k: v for k, v in vars(args).items()}, "summary": rows,
+                   "server_pids": {s.name: s.process.pid for s in systems if getattr(s, "process", None)},
                    "steps": [asdict(s) for s in steps]}, f, indent=2)
     print(f"\nresults: {out}", file=sys.stderr)
+    if not args.no_chart:
+        chart = write_chart(rows, os.path.splitext(out)[0] + ".png", title)
+        if chart:
+            print(f"chart: {chart}", file=sys.stderr)
 
 
 if __name__ == "__main__":

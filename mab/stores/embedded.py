@@ -202,8 +202,8 @@ class Store:
 
     def fetch(self, item_ids, prefix, suffix, features, deadline=None):
         rows, missing = self._index.find(item_ids, prefix.encode(), suffix.encode())
-        columns = tuple(self._values[self._column[name]].take(rows) for name in features)
-        return FeatureBatch(columns, missing)
+        matrix = _table.gather(self._values, rows, tuple(self._column[name] for name in features))
+        return FeatureBatch(tuple(matrix), missing)
 
     def describe(self):
         return dict(self._info)

@@ -185,3 +185,16 @@ def test_slot_count_keeps_load_factor_below_two_thirds():
     for n in (0, 1, 5, 100, 12345, 10**6):
         size = _table.slot_count(n)
         assert size & (size - 1) == 0 and size >= 1.5 * n
+
+
+def test_gather_matches_numpy_indexing():
+    rng = np.random.default_rng(0)
+    values = rng.random((3, 1001))
+    rows = rng.integers(0, 1001, 5000)
+    np.testing.assert_array_equal(_table.gather(values, rows, (2, 0)), values[[2, 0]][:, rows])
+    with pytest.raises(IndexError):
+        _table.gather(values, np.array([1001]), (0,))
+    with pytest.raises(IndexError):
+        _table.gather(values, rows, (3,))
+    with pytest.raises(ValueError):
+        _table.gather(values.astype(np.float32), rows, (0,))
