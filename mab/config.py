@@ -19,13 +19,39 @@ The TOML layout::
     backend = "embedded"
     path = "data/items.csv"
 
+    [stores.remote]                  # Vertex AI Feature Store (mab.stores.vertex)
+    backend = "vertex"               # or "vertex-legacy" (mab.stores.vertex_legacy)
+    project = "my-project"
+    location = "us-central1"
+    feature_online_store = "my_store"  # vertex: the feature view to read
+    feature_view = "items"
+    # featurestore = "my_fs"         # vertex-legacy: the entity type to read
+    # entity_type = "items"
+    # api_endpoint = "host:port"     # default: LOCATION-aiplatform.googleapis.com
+    # plaintext = false              # true: no TLS, no credentials (local stand-in)
+    deadline_ms = 300                # the whole feature fetch of a request
+    attempt_timeout_ms = 150         # one call (default: half the deadline)
+    chunk_size = 100                 # ids per chunk, at most 100
+    pool_size = 16                   # threads per worker fetching chunks
+    retry = true                     # retry UNAVAILABLE, DEADLINE_EXCEEDED ...
+    retry_initial_ms = 10            # ... with jittered exponential backoff
+    retry_max_ms = 100
+    retry_multiplier = 2.0
+    cache_ttl_seconds = 0            # > 0: cache fetched features per worker
+    cache_max_entries = 100000
+
     [models.default]                 # a model: features -> Beta parameters
     store = "default"
-    successes = "successes"
-    failures = "failures"
+    successes = "successes"          # feature ids to read; for Vertex stores,
+    failures = "failures"            # the features of the entity type or view
     prior_alpha = 1.0
     prior_beta = 1.0
     entity_id = "{item_id}"          # or "{user_id}:{item_id}", ...
+    on_store_error = "fail"          # features not fetched: "fail" (503) or
+                                     # "prior" (degraded answer)
+
+Vertex stores authenticate with Application Default Credentials; their
+settings are validated here, their clients are created in each worker.
 
 Without a ``[models]`` table there is one model, ``default``, on the store
 ``default`` with the settings above; without ``[stores]`` the store

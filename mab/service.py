@@ -211,7 +211,10 @@ class PredictionService:
 
     # -- the hot path ----------------------------------------------------------
 
-    def predict(self, request):
+    def predict(self, request, deadline=None):
+        """Answer one request. ``deadline``: a ``time.monotonic()`` instant by
+        which the feature fetch must be done (the store's own deadline, counted
+        from the fetch, applies when it is sooner or None)."""
         if not self._ready.is_set():
             if self._load_error is not None:
                 raise NotReady(f"the service failed to load: {self._load_error}", code="load_failed", retry_after=30)
@@ -221,7 +224,7 @@ class PredictionService:
             raise UnknownModel(
                 f"no model named {request.model!r} (models: {', '.join(sorted(self.models))})"
             )
-        params = model.parameters(request.item_ids, request.user_id)
+        params = model.parameters(request.item_ids, request.user_id, deadline)
         seed = sampling.fresh_seed() if request.seed is None else request.seed
         scores = sampling.sample_beta(
             params.alpha, params.beta, seed=seed, out=params.alpha, n_threads=self.sampler_threads

@@ -141,6 +141,7 @@ class PredictionResource:
                 "seed": prediction.seed,
                 "missing": prediction.missing,
                 "degraded": prediction.degraded,
+                "degraded_items": prediction.failed,
             },
             option=orjson.OPT_SERIALIZE_NUMPY,
         )

@@ -36,9 +36,9 @@ def test_prediction_shape(client):
     result = predict(client, {"user_id": "u-17", "item_ids": ["item-1", "item-2", "new"], "seed": 12345})
     assert result.status_code == 200
     body = result.json
-    assert set(body) == {"model", "item_ids", "scores", "seed", "missing", "degraded"}
+    assert set(body) == {"model", "item_ids", "scores", "seed", "missing", "degraded", "degraded_items"}
     assert body["model"] == "default" and body["seed"] == 12345
-    assert body["missing"] == 1 and body["degraded"] is False
+    assert body["missing"] == 1 and body["degraded"] is False and body["degraded_items"] == 0
     assert sorted(body["item_ids"]) == ["item-1", "item-2", "new"]
     assert body["scores"] == sorted(body["scores"], reverse=True)
     assert all(0.0 <= s <= 1.0 for s in body["scores"])

@@ -19,6 +19,8 @@ import numpy as np
 # backend name -> module that defines Settings and Store
 BACKENDS = {
     "embedded": "mab.stores.embedded",
+    "vertex": "mab.stores.vertex",                 # Vertex AI Feature Store (feature views)
+    "vertex-legacy": "mab.stores.vertex_legacy",   # Vertex AI Feature Store (Legacy)
 }
 
 

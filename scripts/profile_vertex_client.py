@@ -1,0 +1,253 @@
+#!/usr/bin/env python3
+"""Where the Python Vertex AI client spends its CPU: per call, and by function.
+
+Starts the local stand-in (``python -m mab.testing.vertex_standin``) in a
+process of its own, so that ``time.process_time()`` here counts the client
+alone (all of this process's threads, gRPC's included), or uses a plaintext
+endpoint given with --endpoint. Then, for each way of fetching, it makes
+--calls calls and reports wall and CPU time per call:
+
+- ``streaming_read_feature_values`` of --ids entity ids (legacy Featurestore),
+  through the generated client, reading every streamed message;
+- the same through mab's ``vertex-legacy`` store (one chunk, its thread pool);
+- ``fetch_feature_values`` of one key through the generated client (blocking);
+- --ids keys as concurrent gRPC futures, as mab's ``vertex`` store issues them;
+- the same through mab's ``vertex`` store.
+
+Finally cProfile, timing CPU of the calling thread, shows the top functions
+of a streaming read and of a batch of futures. It sees only that thread:
+gRPC's channel thread, which also handles every message, is the difference
+from the process's CPU, printed beside it.
+
+    python scripts/profile_vertex_client.py                   # a stand-in on 1,000 items
+    python scripts/profile_vertex_client.py --calls 200 --data data/items.csv
+    python scripts/profile_vertex_client.py --endpoint 127.0.0.1:9010 --ids 100
+
+Run it on a quiet machine, pinned if you want stable numbers, for example
+``taskset -c 1 python scripts/profile_vertex_client.py`` with the stand-in on
+the other core (--endpoint).
+"""
+
+import argparse
+import cProfile
+import os
+import pstats
+import selectors
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import grpc  # noqa: E402
+from google.cloud import aiplatform_v1 as v1  # noqa: E402
+from google.cloud.aiplatform_v1.services.feature_online_store_service.transports import (  # noqa: E402
+    FeatureOnlineStoreServiceGrpcTransport,
+)
+from google.cloud.aiplatform_v1.services.featurestore_online_serving_service.transports import (  # noqa: E402
+    FeaturestoreOnlineServingServiceGrpcTransport,
+)
+
+from mab.config import config_from_document  # noqa: E402
+from mab.stores import create_store  # noqa: E402
+from mab.testing.vertex_standin import SERVING_LINE  # noqa: E402
+
+FEATURES = ("successes", "failures")
+
+
+def write_items(path, n):
+    with open(path, "w") as f:
+        f.write("item_id,successes,failures\n")
+        f.writelines(f"item-{i:06d},{(i * 37) % 1001},{(i * 7919) % 100_001}\n" for i in range(n))
+
+
+def start_standin(data):
+    """The stand-in's command in its own session; (process, printed settings)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mab.testing.vertex_standin", "--data", data, "--port", "0"],
+        stdout=subprocess.PIPE, start_new_session=True, cwd=ROOT,
+    )
+    printed = b""
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        while not printed.endswith(SERVING_LINE.encode() + b"\n"):
+            if not selector.select(60):
+                stop(process)
+                sys.exit("the stand-in did not start within 60 s")
+            chunk = os.read(process.stdout.fileno(), 65536)
+            if not chunk:
+                sys.exit(f"the stand-in exited with {process.wait()}")
+            printed += chunk
+    return process, tomllib.loads(printed.decode())["stores"]["default"]
+
+
+def stop(process):
+    if process.poll() is None:
+        os.kill(process.pid, signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def measure(name, calls, entities_per_call, fn):
+    fn()   # warm: connection, first-use costs
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(calls):
+        fn()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return (name, calls, wall / calls * 1e3, cpu / calls * 1e3, cpu / calls / entities_per_call * 1e6)
+
+
+def profile(fn, repeat, top):
+    """Top functions by CPU time of the calling thread (time.thread_time):
+    time spent blocked, waiting for the network or for gRPC's thread, is not
+    counted; the CPU of gRPC's own threads is the rest of the process's."""
+    fn()
+    profiler = cProfile.Profile(time.thread_time)
+    process_cpu = time.process_time()
+    profiler.enable()
+    for _ in range(repeat):
+        fn()
+    profiler.disable()
+    process_cpu = (time.process_time() - process_cpu) / repeat * 1e3
+    stats = pstats.Stats(profiler)
+    rows = []
+    for (path, line, function), (_, calls, tottime, cumtime, _) in stats.stats.items():
+        where = f"{os.path.basename(path)}:{line}({function})" if line else function
+        rows.append((tottime / repeat * 1e3, cumtime / repeat * 1e3, calls / repeat, where))
+    rows.sort(reverse=True)
+    total = sum(row[0] for row in rows)
+    print(
+        f"  CPU per run: {process_cpu:.2f} ms in the process, {total:.2f} ms in this thread "
+        f"(profiled, with the profiler's own overhead), the rest in gRPC's threads"
+    )
+    print(f"  {'own ms/run':>10} {'incl ms/run':>11} {'calls/run':>9}  function")
+    for own, cumulative, calls, where in rows[:top]:
+        print(f"  {own:10.3f} {cumulative:11.3f} {calls:9.1f}  {where}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--endpoint", help="a plaintext endpoint serving the stand-in's resources (default: start one)")
+    parser.add_argument("--data", help="CSV for the stand-in it starts (default: 1,000 generated items)")
+    parser.add_argument("--ids", type=int, default=100, help="entity ids per call (at most 100 for the legacy API)")
+    parser.add_argument("--calls", type=int, default=20, help="calls per measurement")
+    parser.add_argument("--top", type=int, default=12, help="functions shown per profile")
+    parser.add_argument("--project", default="local")
+    parser.add_argument("--location", default="us-central1")
+    parser.add_argument("--featurestore", default="mab")
+    parser.add_argument("--entity-type", default="items")
+    parser.add_argument("--feature-online-store", default="mab")
+    parser.add_argument("--feature-view", default="items")
+    args = parser.parse_args()
+
+    standin = None
+    scratch = tempfile.TemporaryDirectory(prefix="mab-profile-")
+    try:
+        if args.endpoint:
+            endpoint = args.endpoint
+        else:
+            data = args.data
+            if data is None:
+                data = os.path.join(scratch.name, "items.csv")
+                write_items(data, 1000)
+            standin, settings = start_standin(data)
+            endpoint = settings["api_endpoint"]
+        run(args, endpoint)
+    finally:
+        if standin is not None:
+            stop(standin)
+        scratch.cleanup()
+
+
+def run(args, endpoint):
+    base = f"projects/{args.project}/locations/{args.location}"
+    entity_type = f"{base}/featurestores/{args.featurestore}/entityTypes/{args.entity_type}"
+    feature_view = f"{base}/featureOnlineStores/{args.feature_online_store}/featureViews/{args.feature_view}"
+    ids = [f"item-{i:06d}" for i in range(args.ids)]
+    common = {"project": args.project, "location": args.location, "api_endpoint": endpoint, "plaintext": True,
+              "deadline_ms": 60_000}
+
+    legacy_channel = grpc.insecure_channel(endpoint)
+    legacy = v1.FeaturestoreOnlineServingServiceClient(
+        transport=FeaturestoreOnlineServingServiceGrpcTransport(channel=legacy_channel)
+    )
+    online_channel = grpc.insecure_channel(endpoint)
+    online = v1.FeatureOnlineStoreServiceClient(transport=FeatureOnlineStoreServiceGrpcTransport(channel=online_channel))
+    read_request = v1.StreamingReadFeatureValuesRequest(
+        entity_type=entity_type, entity_ids=ids,
+        feature_selector=v1.FeatureSelector(id_matcher=v1.IdMatcher(ids=list(FEATURES))),
+    )
+    fetch_requests = [
+        v1.FetchFeatureValuesRequest(
+            feature_view=feature_view, data_key=v1.FeatureViewDataKey(key=key),
+            data_format=v1.FeatureViewDataFormat.KEY_VALUE,
+        )
+        for key in ids
+    ]
+
+    def streaming_read():
+        n = 0
+        for response in legacy.streaming_read_feature_values(request=read_request, timeout=30):
+            n += len(type(response).pb(response).entity_view.data)
+        assert n == len(ids) * len(FEATURES), n
+
+    def fetch_one():
+        online.fetch_feature_values(request=fetch_requests[0], timeout=30)
+
+    rpc = online.transport.fetch_feature_values
+
+    def fetch_futures():
+        calls = [rpc.future(request, timeout=30) for request in fetch_requests]
+        for call in calls:
+            call.result()
+
+    stores = {}
+    for backend, resource in (
+        ("vertex-legacy", {"featurestore": args.featurestore, "entity_type": args.entity_type}),
+        ("vertex", {"feature_online_store": args.feature_online_store, "feature_view": args.feature_view}),
+    ):
+        config = config_from_document({"stores": {"default": dict(common, backend=backend, **resource)}}, {"MAB_CACHE_DIR": os.devnull})
+        store = create_store(config.stores["default"], config.cache_dir)
+        store.load()
+        stores[backend] = store
+
+    def store_fetch(backend):
+        def fetch():
+            batch = stores[backend].fetch(ids, "", "", FEATURES)
+            assert batch.failed == 0, stores[backend].describe()["fetches"]["last_error"]
+        return fetch
+
+    n = len(ids)
+    rows = [
+        measure(f"streaming_read_feature_values, {n} ids", args.calls, n, streaming_read),
+        measure(f"mab vertex-legacy store, {n} ids", args.calls, n, store_fetch("vertex-legacy")),
+        measure("fetch_feature_values, 1 key (blocking)", args.calls * 10, 1, fetch_one),
+        measure(f"FetchFeatureValues futures, {n} keys", args.calls, n, fetch_futures),
+        measure(f"mab vertex store, {n} ids", args.calls, n, store_fetch("vertex")),
+    ]
+    print(f"client at {endpoint}; CPU = time.process_time() of this process (all its threads)\n")
+    print(f"{'what':<44} {'calls':>6} {'wall ms/call':>13} {'CPU ms/call':>12} {'CPU us/entity':>14}")
+    for name, calls, wall, cpu, per_entity in rows:
+        print(f"{name:<44} {calls:6d} {wall:13.2f} {cpu:12.2f} {per_entity:14.1f}")
+
+    repeat = max(1, min(args.calls, 10))
+    print(f"\nwhere the time goes: streaming_read_feature_values, {n} ids (cProfile, calling thread)")
+    profile(streaming_read, repeat, args.top)
+    print(f"\nwhere the time goes: FetchFeatureValues futures, {n} keys (cProfile, calling thread)")
+    profile(fetch_futures, repeat, args.top)
+
+    for store in stores.values():
+        store.close()
+    legacy_channel.close()
+    online_channel.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,534 @@
+"""The Vertex AI backends against the local stand-in, over real gRPC."""
+
+import logging
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+
+import numpy as np
+import orjson
+import pytest
+from falcon import testing
+
+from mab.config import config_from_document
+from mab.errors import ConfigError
+from mab.service import PredictionRequest, PredictionService
+from mab.stores import create_store, embedded
+from mab.stores._vertex import FAILED, MISSING, FeatureCache
+from mab.testing.vertex_standin import VertexStandIn
+from mab.web import create_app
+from tests.conftest import ITEMS_CSV, USER_ITEMS_CSV
+from tests.vertex import BACKENDS, FEATURES, make_store, vertex_config
+
+N_NUMBERED = 1200
+# The conftest's five items, then numbered ones with int64 and double counts.
+DATA_CSV = ITEMS_CSV + "".join(
+    f"item-{i:05d},{(i * 7) % 1000},{(i * 13) % 100_000 + (0.5 if i % 3 == 0 else 0)}\n" for i in range(N_NUMBERED)
+)
+# A generous deadline where time is not what a test is about: the client and
+# the stand-in share this process, and 1,000 single-key calls cost CPU.
+RELAXED = {"deadline_ms": 20_000}
+
+
+def numbered(n, start=0):
+    return [f"item-{i:05d}" for i in range(start, start + n)]
+
+
+@pytest.fixture(scope="module")
+def data_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("vertex") / "items.csv"
+    path.write_text(DATA_CSV)
+    return path
+
+
+@pytest.fixture(scope="module")
+def standin(data_path):
+    standin = VertexStandIn.from_csv(data_path).start()
+    yield standin
+    standin.stop()
+
+
+@pytest.fixture(scope="module")
+def embedded_store(data_path, tmp_path_factory):
+    store = embedded.Store(embedded.Settings(name="embedded", path=str(data_path)), cache_dir=str(tmp_path_factory.mktemp("cache")))
+    store.load()
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def stores():
+    """Opens stores on the module's stand-in (reset first) and closes them after the test."""
+    opened = []
+
+    def open_store(standin, backend, **settings):
+        standin.reset()
+        store = make_store(standin, backend, **settings)
+        opened.append(store)
+        return store
+
+    yield open_store
+    for store in opened:
+        store.close()
+
+
+def timed(fetch):
+    start = time.monotonic()
+    batch = fetch()
+    return batch, time.monotonic() - start
+
+
+def best_of(runs, fetch):
+    return min(timed(fetch)[1] for _ in range(runs))
+
+
+# -- settings ------------------------------------------------------------------
+
+
+def test_settings_defaults_and_resource_names(standin):
+    legacy = vertex_config(standin, "vertex-legacy").stores["default"]
+    assert legacy.backend == "vertex-legacy"
+    assert legacy.resource == "projects/local/locations/us-central1/featurestores/mab/entityTypes/items"
+    assert (legacy.deadline_ms, legacy.attempt_timeout_ms, legacy.chunk_size, legacy.pool_size) == (300, 150, 100, 16)
+    assert legacy.retry and legacy.cache_ttl_seconds == 0
+    view = vertex_config(standin, "vertex", {"deadline_ms": 80}).stores["default"]
+    assert view.resource == "projects/local/locations/us-central1/featureOnlineStores/mab/featureViews/items"
+    assert view.attempt_timeout_ms == 40, "half the deadline unless set"
+    regional = vertex_config(standin, "vertex", {"api_endpoint": None, "plaintext": False})
+    assert regional.stores["default"].endpoint == "us-central1-aiplatform.googleapis.com"
+
+
+def drop_none(table):
+    return {key: value for key, value in table.items() if value is not None}
+
+
+@pytest.mark.parametrize(
+    "backend, change, message",
+    [
+        ("vertex-legacy", {"project": None}, "stores.default.project is required"),
+        ("vertex-legacy", {"entity_type": None}, "stores.default.entity_type is required"),
+        ("vertex", {"feature_view": "a/b"}, "stores.default.feature_view must be a non-empty id"),
+        ("vertex", {"chunk_size": 101}, "stores.default.chunk_size must be >= 1 and <= 100"),
+        ("vertex", {"chunk_size": 2.5}, "stores.default.chunk_size must be an integer"),
+        ("vertex", {"pool_size": 0}, "stores.default.pool_size must be >= 1"),
+        ("vertex", {"deadline_ms": 0}, "stores.default.deadline_ms must be > 0"),
+        ("vertex", {"deadline_ms": 100, "attempt_timeout_ms": 150}, "attempt_timeout_ms must be > 0 and <= 100"),
+        ("vertex", {"retry_initial_ms": 50, "retry_max_ms": 20}, "retry_max_ms must be >= 50"),
+        ("vertex", {"retry": "yes"}, "stores.default.retry must be true or false"),
+        ("vertex", {"cache_ttl_seconds": -1}, "cache_ttl_seconds must be >= 0"),
+        ("vertex", {"api_endpoint": None}, "plaintext needs api_endpoint"),
+        ("vertex", {"path": "x.csv"}, "stores.default: unknown setting(s) path"),
+        ("vertex-legacy", {"feature_view": "items"}, "unknown setting(s) feature_view"),
+    ],
+)
+def test_settings_errors_name_the_key(standin, backend, change, message):
+    table = drop_none(dict(standin.store_settings(backend), **change))
+    with pytest.raises(ConfigError) as raised:
+        config_from_document({"stores": {"default": table}}, {"MAB_CACHE_DIR": os.devnull})
+    assert message in raised.value.message
+
+
+# -- parity with the embedded store ----------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_parity_with_the_embedded_store(standin, stores, embedded_store, backend):
+    store = stores(standin, backend, **RELAXED)
+    ids = ["item-2", "brand-new", "item-1", "item-00003", "item-2", "item-3", "also-new"] + numbered(300, 600)
+    expected = embedded_store.fetch(ids, "", "", FEATURES)
+    batch = store.fetch(ids, "", "", FEATURES)
+    assert batch.missing == expected.missing == 2
+    assert batch.failed == 0 and batch.failed_mask is None
+    for got, want in zip(batch.columns, expected.columns):
+        assert got.dtype == np.float64
+        np.testing.assert_array_equal(got, want)
+    assert batch.columns[1][3] == 39.5, "a double value arrives as it was stored"
+    # The caller may write into the columns (the model adds its priors in place).
+    batch.columns[0][:] = -1
+    assert store.fetch(["item-1"], "", "", FEATURES).columns[0][0] == 90
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_parity_with_prefix_and_feature_order(tmp_path, embedded_store, backend):
+    path = tmp_path / "user_items.csv"
+    path.write_text(USER_ITEMS_CSV)
+    standin = VertexStandIn.from_csv(path).start()
+    try:
+        store = make_store(standin, backend)
+        local = embedded.Store(embedded.Settings(name="u", path=str(path)), cache_dir=str(tmp_path / "cache"))
+        local.load()
+        ids = ["item-2", "item-1", "item-3"]
+        for prefix in ("u-1:", "u-2:", "u-3:"):
+            got = store.fetch(ids, prefix, "", ("skips", "clicks"))
+            want = local.fetch(ids, prefix, "", ("skips", "clicks"))
+            assert got.missing == want.missing and got.failed == 0
+            for g, w in zip(got.columns, want.columns):
+                np.testing.assert_array_equal(g, w)
+        store.close()
+    finally:
+        standin.stop()
+
+
+# -- chunking --------------------------------------------------------------------
+
+
+def test_legacy_chunks_of_at_most_100_ids(standin, stores, embedded_store):
+    store = stores(standin, "vertex-legacy", **RELAXED)
+    ids = numbered(1000)
+    batch = store.fetch(ids, "", "", FEATURES)
+    assert standin.ids_per_call() == [100] * 10
+    np.testing.assert_array_equal(batch.columns[0], embedded_store.fetch(ids, "", "", FEATURES).columns[0])
+    np.testing.assert_array_equal(batch.columns[0], [(i * 7) % 1000 for i in range(1000)])
+
+    store = stores(standin, "vertex-legacy", chunk_size=30, **RELAXED)
+    store.fetch(ids, "", "", FEATURES)
+    assert len(standin.calls) == math.ceil(1000 / 30) and max(standin.ids_per_call()) == 30
+
+
+def test_vertex_one_key_per_call(standin, stores, embedded_store):
+    store = stores(standin, "vertex", **RELAXED)
+    ids = list(reversed(numbered(1000)))
+    batch = store.fetch(ids, "", "", FEATURES)
+    assert standin.ids_per_call("FetchFeatureValues") == [1] * 1000 and len(standin.calls) == 1000
+    want = embedded_store.fetch(ids, "", "", FEATURES)
+    for got, expected in zip(batch.columns, want.columns):
+        np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_duplicates_are_fetched_once(standin, stores, backend):
+    store = stores(standin, backend, **RELAXED)
+    batch = store.fetch(["item-1", "item-2", "item-1", "gone", "gone"], "", "", FEATURES)
+    assert sum(standin.ids_per_call()) == 3
+    np.testing.assert_array_equal(batch.columns[0], [90, 10, 90, 0, 0])
+    assert batch.missing == 2
+
+
+# -- concurrency -------------------------------------------------------------------
+
+
+def test_legacy_chunks_are_fetched_concurrently(standin, stores):
+    store = stores(standin, "vertex-legacy")
+    ids = numbered(400)
+    store.fetch(ids, "", "", FEATURES)   # connect first: the channel's setup is not the subject
+    standin.latency = 0.05
+    elapsed = best_of(3, lambda: store.fetch(ids, "", "", FEATURES))
+    assert standin.ids_per_call() == [100] * 4 * 4
+    assert standin.max_in_flight == 4, "all four chunks were in flight at once"
+    assert elapsed < 4 * 0.05, f"{elapsed * 1000:.0f} ms: chunks waited for each other"
+
+
+def test_vertex_calls_are_in_flight_together(standin, stores):
+    # Four chunks of 100 single-key calls; one 0.3 s wait, not four (or 400).
+    store = stores(standin, "vertex", deadline_ms=5000)
+    ids = numbered(400)
+    store.fetch(ids[:10], "", "", FEATURES)
+    standin.latency = 0.3
+    batch, elapsed = timed(lambda: store.fetch(ids, "", "", FEATURES))
+    assert batch.failed == 0
+    assert standin.max_in_flight > 100, "calls of different chunks overlapped"
+    assert elapsed < 4 * 0.3, f"{elapsed * 1000:.0f} ms"
+
+
+# -- deadlines and retries -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_deadline_bounds_a_hang(standin, stores, backend):
+    store = stores(standin, backend, deadline_ms=200, attempt_timeout_ms=100)
+    standin.hang = True
+    batch, elapsed = timed(lambda: store.fetch(numbered(150), "", "", FEATURES))
+    assert 0.15 <= elapsed < 0.2 + 0.3, f"{elapsed * 1000:.0f} ms"
+    assert batch.failed == 150 and batch.missing == 0 and batch.failed_mask.all()
+    assert all(not column.any() for column in batch.columns)
+    # The first attempt of each chunk timed out after 100 ms and was tried again.
+    first_attempts = 2 if backend == "vertex-legacy" else 150
+    assert len(standin.calls) > first_attempts
+    fetches = store.describe()["fetches"]
+    assert fetches["retries"] >= 2 and fetches["failed"] == 150
+    assert "Deadline" in fetches["last_error"] or "deadline" in fetches["last_error"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_transient_errors_are_retried_within_the_deadline(standin, stores, embedded_store, backend):
+    store = stores(standin, backend, **RELAXED)
+    ids = numbered(10)
+    standin.fail_next = 2
+    batch = store.fetch(ids, "", "", FEATURES)
+    assert batch.failed == 0
+    np.testing.assert_array_equal(batch.columns[1], embedded_store.fetch(ids, "", "", FEATURES).columns[1])
+    # legacy: the one chunk's call failed twice, the third answered;
+    # vertex: two of ten keys failed, and only they were asked again.
+    assert len(standin.calls) == (3 if backend == "vertex-legacy" else 12)
+    assert store.describe()["fetches"]["retries"] >= 1
+
+
+def test_a_broken_stream_keeps_what_it_delivered(standin, stores, embedded_store):
+    store = stores(standin, "vertex-legacy", **RELAXED)
+    ids = numbered(100)
+    standin.break_stream_after = 40
+    batch = store.fetch(ids, "", "", FEATURES)
+    assert batch.failed == 0
+    assert standin.ids_per_call() == [100, 60], "the retry asked only for the entities not yet delivered"
+    np.testing.assert_array_equal(batch.columns[0], embedded_store.fetch(ids, "", "", FEATURES).columns[0])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_store_that_stays_unavailable_fails_by_the_deadline(standin, stores, backend):
+    store = stores(standin, backend, deadline_ms=150)
+    standin.fail_next = 10**9
+    batch, elapsed = timed(lambda: store.fetch(numbered(20) + ["gone"], "", "", FEATURES))
+    assert elapsed < 0.15 + 0.3
+    assert batch.failed == 21 and batch.missing == 0, "an id the store never answered for is failed, not missing"
+    assert store.describe()["fetches"]["retries"] >= 1
+
+
+def test_no_retries_when_disabled(standin, stores):
+    store = stores(standin, "vertex-legacy", retry=False, **RELAXED)
+    standin.fail_next = 1
+    batch = store.fetch(numbered(5), "", "", FEATURES)
+    assert batch.failed == 5 and len(standin.calls) == 1
+    assert store.describe()["fetches"]["retries"] == 0
+
+
+def test_legacy_errors_that_are_not_transient_fail_at_once(standin, stores):
+    store = stores(standin, "vertex-legacy", entity_type="users", **RELAXED)
+    batch = store.fetch(numbered(150), "", "", FEATURES)
+    assert batch.failed == 150 and batch.missing == 0
+    assert len(standin.calls) == 2, "NOT_FOUND of the entity type is not retried"
+    assert "does not exist" in store.describe()["fetches"]["last_error"]
+
+
+def test_vertex_answers_a_misnamed_feature_view_like_missing_keys(standin, stores):
+    # The real service's behaviour, which the stand-in copies: NOT_FOUND for
+    # the view as for a key. /ready's fetches.missing is how to notice.
+    store = stores(standin, "vertex", feature_view="no_such_view", **RELAXED)
+    batch = store.fetch(["item-1", "item-2"], "", "", FEATURES)
+    assert batch.missing == 2 and batch.failed == 0
+    assert store.describe()["fetches"]["missing"] == 2
+
+
+# -- values ------------------------------------------------------------------------
+
+BAD_CSV = """item_id,successes,failures
+good,3,4
+negative,-4,2
+not-a-number,nan,1
+infinite,inf,1
+text,abc,1
+half,5,
+empty,,
+"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_invalid_values_fail_their_entity_and_are_logged(tmp_path, backend, caplog):
+    path = tmp_path / "bad.csv"
+    path.write_text(BAD_CSV)
+    standin = VertexStandIn.from_csv(path).start()
+    try:
+        store = make_store(standin, backend)
+        ids = ["good", "negative", "not-a-number", "infinite", "text", "half", "empty", "absent"]
+        with caplog.at_level(logging.WARNING, logger="mab.stores._vertex"):
+            batch = store.fetch(ids, "", "", FEATURES)
+        assert batch.failed_mask.tolist() == [False, True, True, True, True, True, False, False]
+        assert batch.failed == 5
+        assert batch.missing == 2, "no value at all, or no entity: missing"
+        assert batch.columns[0].tolist() == [3, 0, 0, 0, 0, 0, 0, 0]
+        assert batch.columns[1].tolist() == [4, 0, 0, 0, 0, 0, 0, 0]
+        assert store.describe()["fetches"]["invalid_values"] == 5
+        # Rate-limited: one warning (for whichever answer came first) names
+        # the entity and the feature; the others are counted.
+        assert len(caplog.records) == 1
+        assert re.search(
+            r"entity '(negative|not-a-number|infinite|text|half)', feature '(successes|failures)': "
+            r"(-4.0|nan|inf|a string value|no value)",
+            caplog.text,
+        ), caplog.text
+        store.close()
+    finally:
+        standin.stop()
+
+
+# -- the cache ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cache_serves_repeats_and_counts(standin, stores, backend):
+    store = stores(standin, backend, cache_ttl_seconds=60, **RELAXED)
+    ids = ["item-1", "item-2", "gone"]
+    first = store.fetch(ids, "", "", FEATURES)
+    calls = len(standin.calls)
+    second = store.fetch(ids + ["item-3"], "", "", FEATURES)
+    assert sum(standin.ids_per_call()[calls:]) == 1, "only item-3 was fetched again"
+    assert second.columns[0].tolist() == first.columns[0].tolist() + [0]
+    assert second.missing == 1, "a cached missing entity is still missing"
+    cache = store.describe()["cache"]
+    assert cache["enabled"] and cache["hits"] == 3 and cache["misses"] == 4 and cache["entries"] == 4
+
+
+def test_cache_never_keeps_failures(standin, stores):
+    store = stores(standin, "vertex-legacy", cache_ttl_seconds=60, deadline_ms=100)
+    standin.fail_next = 10**9
+    assert store.fetch(["item-1"], "", "", FEATURES).failed == 1
+    standin.reset()
+    assert store.fetch(["item-1"], "", "", FEATURES).columns[0][0] == 90
+    assert store.describe()["cache"]["hits"] == 0
+
+
+def test_cache_off_by_default(standin, stores):
+    store = stores(standin, "vertex", **RELAXED)
+    store.fetch(["item-1"], "", "", FEATURES)
+    store.fetch(["item-1"], "", "", FEATURES)
+    assert len(standin.calls) == 2 and store.describe()["cache"] == {"enabled": False}
+
+
+def test_feature_cache_ttl_and_capacity():
+    cache = FeatureCache(ttl=10, max_entries=3)
+    cache.put_many(FEATURES, {"a": (1.0, 2.0), "b": MISSING, "c": FAILED}, now=100)
+    assert cache.get_many(FEATURES, ["a", "b", "c"], now=105) == {"a": (1.0, 2.0), "b": MISSING}
+    assert cache.get_many(FEATURES, ["a", "b"], now=110) == {}, "expired at now + ttl"
+    assert cache.get_many(("other",), ["a"], now=101) == {}, "per feature list"
+    cache.put_many(FEATURES, {"c": (3.0, 3.0), "d": (4.0, 4.0), "a": (5.0, 5.0)}, now=200)
+    assert cache.get_many(FEATURES, ["a", "b", "c", "d"], now=201) == {"c": (3.0, 3.0), "d": (4.0, 4.0), "a": (5.0, 5.0)}
+    assert cache.describe()["entries"] == 3 and cache.hits == 5 and cache.misses == 5
+
+
+# -- lifecycle ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_describe_and_close(standin, backend):
+    store = make_store(standin, backend)
+    store.fetch(["item-1", "gone"], "", "", FEATURES)
+    info = store.describe()
+    assert info["backend"] == backend and info["client_initialised"] is True
+    assert info["endpoint"] == standin.address and info["credentials"] == "none (plaintext)"
+    assert info["resource"] in (standin.entity_type_name, standin.feature_view_name)
+    assert info["fetches"]["found"] == 1 and info["fetches"]["missing"] == 1
+    orjson.dumps(info)   # /ready serializes it
+    store.close()
+    assert store.describe()["client_initialised"] is False
+    store.close()   # idempotent
+
+
+def test_without_credentials_the_load_fails_and_ready_says_why(standin, monkeypatch, tmp_path):
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "absent.json"))
+    config = vertex_config(standin, "vertex", {"api_endpoint": None, "plaintext": False})
+    store = create_store(config.stores["default"], config.cache_dir)
+    with pytest.raises(ConfigError, match="no Google credentials"):
+        store.load()
+    app = create_app(config, load="no")
+    with pytest.raises(ConfigError):
+        app.service.load()
+    client = testing.TestClient(app)
+    ready = client.simulate_get("/ready")
+    assert ready.status_code == 503 and ready.json["status"] == "failed"
+    assert "no Google credentials" in ready.json["error"]
+    assert client.simulate_get("/health").status_code == 200
+
+
+def test_importing_the_service_does_not_load_google(tmp_path):
+    # The embedded default never pays for the Google libraries, and the
+    # gunicorn master parses Vertex settings without importing them either.
+    (tmp_path / "items.csv").write_text(ITEMS_CSV)
+    code = f"""
+import sys
+from mab.config import config_from_document
+from mab.web import create_app
+app = create_app(config_from_document({{}}, {{"MAB_DATA": {str(tmp_path / 'items.csv')!r}, "MAB_CACHE_DIR": {str(tmp_path / 'cache')!r}}}), load="now")
+assert app.service.ready
+config_from_document({{"stores": {{"default": {{"backend": "vertex", "project": "p", "location": "l",
+    "feature_online_store": "s", "feature_view": "v"}}}}}}, {{}})
+config_from_document({{"stores": {{"default": {{"backend": "vertex-legacy", "project": "p", "location": "l",
+    "featurestore": "s", "entity_type": "t"}}}}}}, {{}})
+# google and google.cloud themselves are empty namespace packages that a
+# .pth file of google-cloud-aiplatform creates at every interpreter start.
+loaded = sorted(
+    name for name in sys.modules
+    if name.startswith(("google.", "grpc", "proto.")) and name != "google.cloud" or name == "proto"
+)
+print(loaded)
+assert not loaded, loaded
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# -- through the service: deadlines and the on_store_error policies --------------------
+
+MODELS = {"default": {}, "lenient": {"on_store_error": "prior"}}
+
+
+@pytest.fixture
+def vertex_app(standin):
+    standin.reset()
+    app = create_app(vertex_config(standin, "vertex-legacy", {"deadline_ms": 150}, MODELS), load="now")
+    yield app
+    app.service.close()
+    standin.reset()
+
+
+def post(client, doc):
+    return client.simulate_post("/predict", body=orjson.dumps(doc), headers={"Content-Type": "application/json"})
+
+
+def test_store_errors_follow_the_model_policy(standin, vertex_app):
+    client = testing.TestClient(vertex_app)
+    ids = ["item-1", "item-2", "brand-new"]
+    healthy = post(client, {"item_ids": ids, "seed": 5}).json
+    assert healthy["missing"] == 1 and healthy["degraded"] is False and healthy["degraded_items"] == 0
+
+    standin.hang = True
+    start = time.monotonic()
+    failing = post(client, {"item_ids": ids})
+    assert time.monotonic() - start < 0.15 + 0.5
+    assert failing.status_code == 503 and failing.headers["Retry-After"] == "1"
+    assert failing.json["error"]["code"] == "store_unavailable"
+    assert "3 of 3 items" in failing.json["error"]["message"]
+
+    lenient = post(client, {"item_ids": ids, "model": "lenient", "seed": 5})
+    assert lenient.status_code == 200
+    body = lenient.json
+    assert body["degraded"] is True and body["degraded_items"] == 3
+    assert body["missing"] == 0, "a failed fetch is degraded, never missing"
+    # Every item was scored from the prior Beta(1, 1): the same draws as an empty store.
+    expected = post(client, {"item_ids": ["x-1", "x-2", "x-3"], "model": "lenient", "seed": 5}).json
+    assert body["scores"] == expected["scores"]
+
+    assert client.simulate_get("/health").status_code == 200
+    ready = client.simulate_get("/ready")
+    assert ready.status_code == 200
+    assert ready.json["stores"]["default"]["client_initialised"] is True
+    assert ready.json["stores"]["default"]["fetches"]["failed"] >= 6
+
+
+def test_some_items_degraded(standin, vertex_app):
+    standin.reset()
+    client = testing.TestClient(vertex_app)
+    standin.fail_next = 10**9
+    standin.latency = 0.0
+    ids = numbered(150)   # two chunks; both fail
+    body = post(client, {"item_ids": ids, "model": "lenient"}).json
+    assert body["degraded_items"] == 150 and body["missing"] == 0
+
+
+def test_the_service_passes_the_request_deadline(standin):
+    standin.reset()
+    config = vertex_config(standin, "vertex", {"deadline_ms": 10_000}, MODELS)
+    service = PredictionService(config, {"default": create_store(config.stores["default"], config.cache_dir)})
+    service.load()
+    try:
+        standin.hang = True
+        start = time.monotonic()
+        prediction = service.predict(
+            PredictionRequest(item_ids=["item-1", "item-2"], model="lenient"), deadline=time.monotonic() + 0.1
+        )
+        assert time.monotonic() - start < 0.1 + 0.5
+        assert prediction.degraded and prediction.failed == 2
+    finally:
+        service.close()
+        standin.reset()

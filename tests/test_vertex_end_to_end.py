@@ -1,0 +1,104 @@
+"""End to end: gunicorn with two workers reading features from the Vertex AI
+stand-in (its command, a process of its own) over gRPC, asked over HTTP."""
+
+import orjson
+import pytest
+from falcon import testing
+
+from mab.config import config_from_document
+from mab.testing.vertex_standin import toml_table
+from mab.web import create_app
+from tests.serving import Server
+from tests.vertex import StandInProcess
+
+N_ITEMS = 600
+
+
+@pytest.fixture
+def data_csv(tmp_path):
+    path = tmp_path / "items.csv"
+    rows = "".join(f"item-{i:04d},{(i * 37) % 1000},{(i * 7919) % 100_000}\n" for i in range(N_ITEMS))
+    path.write_text("item_id,successes,failures\n" + rows)
+    return path
+
+
+def embedded_answer(data_csv, tmp_path, doc):
+    """What the embedded store answers for the same data and seed."""
+    config = config_from_document({}, {"MAB_DATA": str(data_csv), "MAB_CACHE_DIR": str(tmp_path / "cache")})
+    app = create_app(config, load="now")
+    try:
+        result = testing.TestClient(app).simulate_post(
+            "/predict", body=orjson.dumps(doc), headers={"Content-Type": "application/json"}
+        )
+        return result.json
+    finally:
+        app.service.close()
+
+
+def write_config(path, legacy):
+    timing = {"deadline_ms": 1000}   # generous: this machine also runs both servers
+    view = {key: value for key, value in legacy.items() if key not in ("featurestore", "entity_type")}
+    view.update(backend="vertex", feature_online_store="mab", feature_view="items")
+    path.write_text(
+        "\n\n".join(
+            [
+                toml_table("stores.default", dict(legacy, **timing)),
+                toml_table("stores.view", dict(view, **timing)),
+                toml_table("models.default", {"store": "default"}),
+                toml_table("models.view", {"store": "view"}),
+                toml_table("models.lenient", {"store": "default", "on_store_error": "prior"}),
+            ]
+        )
+        + "\n"
+    )
+
+
+def post(server, doc):
+    status, headers, body = server.request("POST", "/predict", orjson.dumps(doc), {"Content-Type": "application/json"})
+    return status, headers, orjson.loads(body)
+
+
+def test_gunicorn_serves_from_the_standin_and_degrades_without_it(tmp_path, data_csv):
+    standin = StandInProcess(tmp_path, data_csv).start()
+    config_path = tmp_path / "mab.toml"
+    write_config(config_path, standin.settings)
+    server = Server(
+        tmp_path, {"MAB_CONFIG": str(config_path), "MAB_CACHE_DIR": str(tmp_path / "cache"), "WEB_CONCURRENCY": "2"}
+    )
+    try:
+        server.start()
+        server.wait_ready()
+        assert len(server.worker_pids()) == 2
+        status, _, ready = server.request("GET", "/ready")
+        stores = orjson.loads(ready)["stores"]
+        assert stores["default"]["backend"] == "vertex-legacy" and stores["view"]["backend"] == "vertex"
+        assert stores["default"]["client_initialised"] and stores["view"]["client_initialised"]
+
+        ids = [f"item-{i:04d}" for i in range(0, N_ITEMS, 4)] + ["item-0004", "not-in-the-data"]
+        doc = {"item_ids": ids, "top_k": 40, "seed": 20261122}
+        expected = embedded_answer(data_csv, tmp_path, doc)
+        assert expected["missing"] == 1
+        answered_by = set()
+        for _ in range(200):    # a new connection each time: the kernel spreads them over the workers
+            for model in ("default", "view"):
+                worker, body = server.predict(dict(doc, model=model))
+                answered_by.add(worker)
+                assert body == dict(expected, model=model), "the same features as the embedded store"
+            if len(answered_by) == 2:
+                break
+        assert len(answered_by) == 2, "both workers answered"
+
+        # The store goes away: liveness holds, each model follows its policy.
+        assert standin.stop() == 0
+        assert server.request("GET", "/health")[0] == 200
+        status, headers, body = post(server, {"item_ids": ids})
+        assert status == 503 and body["error"]["code"] == "store_unavailable" and headers["Retry-After"] == "1"
+        status, _, body = post(server, {"item_ids": ids, "model": "lenient"})
+        assert status == 200 and body["degraded"] is True
+        assert body["degraded_items"] == len(ids) and body["missing"] == 0
+        assert server.request("GET", "/ready")[0] == 200, "the client is still initialised"
+    finally:
+        standin.stop()
+        returncode = server.stop() if server.process else None
+    assert returncode == 0, server.output()
+    assert "Traceback" not in server.output()

@@ -1,0 +1,95 @@
+"""The Vertex AI stand-in for tests: stores reading from it, and its command
+run as a process of its own (started here, stopped by PID)."""
+
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+
+from mab.config import config_from_document
+from mab.stores import create_store
+from mab.testing.vertex_standin import SERVING_LINE
+
+FEATURES = ("successes", "failures")
+BACKENDS = ("vertex-legacy", "vertex")
+
+
+def vertex_config(standin, backend, store_settings=None, models=None, **environ):
+    """A Config whose store ``default`` reads from the stand-in."""
+    table = dict(standin.store_settings(backend), **(store_settings or {}))
+    document = {"stores": {"default": table}}
+    if models:
+        document["models"] = models
+    environ.setdefault("MAB_CACHE_DIR", os.devnull)   # a remote store writes nothing
+    return config_from_document(document, environ)
+
+
+def make_store(standin, backend, **settings):
+    """A loaded store of ``backend`` reading from the stand-in; close it after use."""
+    config = vertex_config(standin, backend, settings)
+    store = create_store(config.stores["default"], config.cache_dir)
+    store.load()
+    return store
+
+
+class StandInProcess:
+    """``python -m mab.testing.vertex_standin`` in its own session."""
+
+    def __init__(self, tmp_path, data, *args):
+        self.command = [sys.executable, "-m", "mab.testing.vertex_standin", "--data", str(data), *args]
+        self.log_path = tmp_path / "standin.log"
+        self.process = None
+        self.printed = ""
+
+    def start(self, timeout=60):
+        """Start it and wait until it has printed its settings, i.e. is serving.
+
+        Reads the pipe's bytes as they come (a buffered readline could hold
+        the last lines while select waits for more); stops the process if it
+        does not get there.
+        """
+        self.log = open(self.log_path, "w")
+        self.process = subprocess.Popen(
+            self.command, stdout=subprocess.PIPE, stderr=self.log, start_new_session=True
+        )
+        deadline = time.monotonic() + timeout
+        printed = b""
+        try:
+            with selectors.DefaultSelector() as selector:
+                selector.register(self.process.stdout, selectors.EVENT_READ)
+                while not printed.endswith(SERVING_LINE.encode() + b"\n"):
+                    if not selector.select(max(0.0, deadline - time.monotonic())):
+                        raise AssertionError(f"the stand-in printed no settings in {timeout}s: {self.output()}")
+                    chunk = os.read(self.process.stdout.fileno(), 65536)
+                    if not chunk:
+                        raise AssertionError(f"the stand-in exited with {self.process.wait(10)}: {self.output()}")
+                    printed += chunk
+        except BaseException:
+            self.stop()
+            raise
+        self.printed = printed.decode()
+        return self
+
+    @property
+    def settings(self):
+        return tomllib.loads(self.printed)["stores"]["default"]
+
+    def output(self):
+        return self.log_path.read_text()
+
+    def stop(self):
+        if self.process is None or self.log.closed:
+            return None if self.process is None else self.process.returncode
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.process.stdout.close()
+        self.log.close()
+        return self.process.returncode
