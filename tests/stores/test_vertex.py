@@ -157,7 +157,7 @@ def test_parity_with_prefix_and_feature_order(tmp_path, embedded_store, backend)
     path.write_text(USER_ITEMS_CSV)
     standin = VertexStandIn.from_csv(path).start()
     try:
-        store = make_store(standin, backend)
+        store = make_store(standin, backend, **RELAXED)
         local = embedded.Store(embedded.Settings(name="u", path=str(path)), cache_dir=str(tmp_path / "cache"))
         local.load()
         ids = ["item-2", "item-1", "item-3"]
@@ -211,12 +211,14 @@ def test_duplicates_are_fetched_once(standin, stores, backend):
 
 
 def test_legacy_chunks_are_fetched_concurrently(standin, stores):
-    store = stores(standin, "vertex-legacy")
+    # A relaxed deadline: on a busy machine a slow stream must not be cut
+    # off and retried, which would change the calls counted here.
+    store = stores(standin, "vertex-legacy", **RELAXED)
     ids = numbered(400)
     store.fetch(ids, "", "", FEATURES)   # connect first: the channel's setup is not the subject
     standin.latency = 0.05
-    elapsed = best_of(3, lambda: store.fetch(ids, "", "", FEATURES))
-    assert standin.ids_per_call() == [100] * 4 * 4
+    elapsed = best_of(5, lambda: store.fetch(ids, "", "", FEATURES))
+    assert standin.ids_per_call() == [100] * 4 * 6
     assert standin.max_in_flight == 4, "all four chunks were in flight at once"
     assert elapsed < 4 * 0.05, f"{elapsed * 1000:.0f} ms: chunks waited for each other"
 
@@ -330,7 +332,7 @@ def test_invalid_values_fail_their_entity_and_are_logged(tmp_path, backend, capl
     path.write_text(BAD_CSV)
     standin = VertexStandIn.from_csv(path).start()
     try:
-        store = make_store(standin, backend)
+        store = make_store(standin, backend, **RELAXED)
         ids = ["good", "negative", "not-a-number", "infinite", "text", "half", "empty", "absent"]
         with caplog.at_level(logging.WARNING, logger="mab.stores._vertex"):
             batch = store.fetch(ids, "", "", FEATURES)
@@ -371,10 +373,9 @@ def test_cache_serves_repeats_and_counts(standin, stores, backend):
 
 
 def test_cache_never_keeps_failures(standin, stores):
-    store = stores(standin, "vertex-legacy", cache_ttl_seconds=60, deadline_ms=100)
-    standin.fail_next = 10**9
+    store = stores(standin, "vertex-legacy", cache_ttl_seconds=60, retry=False, **RELAXED)
+    standin.fail_next = 1
     assert store.fetch(["item-1"], "", "", FEATURES).failed == 1
-    standin.reset()
     assert store.fetch(["item-1"], "", "", FEATURES).columns[0][0] == 90
     assert store.describe()["cache"]["hits"] == 0
 
@@ -402,7 +403,7 @@ def test_feature_cache_ttl_and_capacity():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_describe_and_close(standin, backend):
-    store = make_store(standin, backend)
+    store = make_store(standin, backend, **RELAXED)
     store.fetch(["item-1", "gone"], "", "", FEATURES)
     info = store.describe()
     assert info["backend"] == backend and info["client_initialised"] is True
@@ -461,12 +462,13 @@ assert not loaded, loaded
 # -- through the service: deadlines and the on_store_error policies --------------------
 
 MODELS = {"default": {}, "lenient": {"on_store_error": "prior"}}
+DEADLINE_MS = 400
 
 
 @pytest.fixture
 def vertex_app(standin):
     standin.reset()
-    app = create_app(vertex_config(standin, "vertex-legacy", {"deadline_ms": 150}, MODELS), load="now")
+    app = create_app(vertex_config(standin, "vertex-legacy", {"deadline_ms": DEADLINE_MS}, MODELS), load="now")
     yield app
     app.service.close()
     standin.reset()
@@ -485,7 +487,7 @@ def test_store_errors_follow_the_model_policy(standin, vertex_app):
     standin.hang = True
     start = time.monotonic()
     failing = post(client, {"item_ids": ids})
-    assert time.monotonic() - start < 0.15 + 0.5
+    assert time.monotonic() - start < DEADLINE_MS / 1000 + 0.5
     assert failing.status_code == 503 and failing.headers["Retry-After"] == "1"
     assert failing.json["error"]["code"] == "store_unavailable"
     assert "3 of 3 items" in failing.json["error"]["message"]
