@@ -24,16 +24,18 @@ backlog = int(os.environ.get("MAB_BACKLOG", "2048"))
 # workers: one per core this process may run on (taskset and cgroup cpusets
 #   respected), since a worker keeps one core busy; WEB_CONCURRENCY overrides.
 #
-# worker_class: gthread. Measured with scripts/bench.py on this project's
-#   2-core machine (server pinned to one core, 400-id requests, 32 keep-alive
-#   connections, docs/benchmarks.md), gunicorn 27's sync and gthread workers
-#   cost the same: 806 and 798 us of server CPU per request, 1,237 and 1,247
-#   requests/s. gthread wins on what the figure does not show: it keeps
-#   connections alive, and its threads let a worker serve one request while
-#   another waits on a remote feature store; a sync worker would sit idle.
+# worker_class: mab.worker.HttptoolsWorker, this project's gunicorn worker:
+#   an epoll loop over keep-alive connections, HTTP parsed by httptools.
+#   gunicorn's stock workers parse HTTP in pure Python, which cost more than
+#   the whole application; measured with scripts/bench.py (server pinned to
+#   one core, 400-id requests, docs/benchmarks.md): WORKER_FIGURES.
+#   gthread remains a fallback (MAB_WORKER_CLASS=gthread), for TLS say.
 #
-# threads: per worker, for the reason above; the sampler itself uses one
-#   thread per worker (MAB_SAMPLER_THREADS), see mab.sampling.
+# threads: requests run inline in the worker's loop when every store is in
+#   memory (they are CPU-bound; threads would only switch). With a remote
+#   store a request waits on the network, so 16 threads per worker keep the
+#   core busy meanwhile. MAB_WORKER_THREADS overrides. The sampler itself
+#   uses one thread per worker (MAB_SAMPLER_THREADS), see mab.sampling.
 #
 # max_requests, max_requests_jitter: recycle a worker now and then, at
 #   different times across workers, to bound slow leaks. The embedded store is
@@ -45,9 +47,23 @@ backlog = int(os.environ.get("MAB_BACKLOG", "2048"))
 # worker_tmp_dir: the heartbeat file lives in memory, not on a disk that may
 #   stall (gunicorn's advice for containers).
 
+
+
+def _threads_for_the_stores():
+    from mab.config import load_config
+    from mab.errors import MabError
+
+    try:
+        config = load_config()
+    except MabError:
+        return 1        # on_starting reports the error and stops the start
+    remote = any(settings.backend != "embedded" for settings in config.stores.values())
+    return 16 if remote else 1
+
+
 workers = int(os.environ.get("WEB_CONCURRENCY", "0")) or len(os.sched_getaffinity(0))
-worker_class = os.environ.get("MAB_WORKER_CLASS", "gthread")
-threads = int(os.environ.get("MAB_WORKER_THREADS", "4"))
+worker_class = os.environ.get("MAB_WORKER_CLASS", "mab.worker.HttptoolsWorker")
+threads = int(os.environ.get("MAB_WORKER_THREADS", "0")) or _threads_for_the_stores()
 max_requests = int(os.environ.get("MAB_MAX_REQUESTS", "100000"))
 max_requests_jitter = int(os.environ.get("MAB_MAX_REQUESTS_JITTER", "10000"))
 timeout = int(os.environ.get("MAB_TIMEOUT", "30"))

@@ -98,6 +98,13 @@ def build_extensions():
             extra_link_args=flags,
         ),
         Extension(
+            "mab._lists",
+            ["mab/_lists.pyx"],
+            include_dirs=[np.get_include()],
+            define_macros=macros,
+            extra_compile_args=EXTRA_COMPILE_ARGS,
+        ),
+        Extension(
             "mab.stores._table",
             ["mab/stores/_table.pyx"],
             include_dirs=[np.get_include()],

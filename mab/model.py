@@ -30,6 +30,8 @@ class BetaModel:
         self.store = store
         self.features = (config.successes, config.failures)
         self.template = config.entity_id
+        # A template without {user_id} has the same parts for every request.
+        self._fixed_parts = None if self.template.needs_user else self.template.parts()
 
     def check(self):
         """Fail early if the loaded store lacks this model's features."""
@@ -43,7 +45,7 @@ class BetaModel:
                 f"model {self.name!r} needs user_id (its entity ids are {self.template.text!r})",
                 code="user_id_required",
             )
-        prefix, suffix = self.template.parts(user_id)
+        prefix, suffix = self._fixed_parts or self.template.parts(user_id)
         batch = self.store.fetch(item_ids, prefix, suffix, self.features, deadline)
         if batch.failed and self.config.on_store_error == "fail":
             raise StoreUnavailable(

@@ -332,7 +332,15 @@ def build_info():
     }
 
 
+cdef inline bint _is_float64_vector(obj):
+    return (cnp.PyArray_Check(obj) and cnp.PyArray_TYPE(<cnp.ndarray>obj) == cnp.NPY_FLOAT64
+            and cnp.PyArray_NDIM(<cnp.ndarray>obj) == 1 and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>obj))
+
+
 cdef cnp.ndarray _as_vector(obj, str name):
+    # Already what the kernel reads: no numpy call at all (the service's case).
+    if _is_float64_vector(obj):
+        return <cnp.ndarray>obj
     try:
         arr = np.asarray(obj, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -357,6 +365,8 @@ cdef void _check_shapes(cnp.ndarray arr, str name) except *:
 
 
 cdef uint64_t _as_seed(seed) except? 0:
+    if type(seed) is int and 0 <= seed <= 0xFFFFFFFFFFFFFFFF:
+        return <uint64_t>seed
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an integer, got {type(seed).__name__}")
     if not 0 <= seed <= 0xFFFFFFFFFFFFFFFF:
@@ -406,13 +416,12 @@ def sample_beta(alpha, beta, *, seed=None, out=None, n_threads=None):
     _check_shapes(a, "alpha")
     _check_shapes(b, "beta")
     cdef uint64_t c_seed = _as_seed(fresh_seed() if seed is None else seed)
-    cdef int threads = resolve_n_threads(n_threads)
+    cdef int threads = n_threads if type(n_threads) is int and n_threads >= 1 else resolve_n_threads(n_threads)
     cdef cnp.ndarray result
     if out is None:
         result = cnp.PyArray_EMPTY(1, [n], cnp.NPY_FLOAT64, 0)
     else:
-        if not (isinstance(out, np.ndarray) and out.dtype == np.float64
-                and out.ndim == 1 and out.flags.c_contiguous and out.flags.writeable):
+        if not (_is_float64_vector(out) and cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out)):
             raise ValueError("out must be a writeable, contiguous, one-dimensional float64 array")
         if out.shape[0] != n:
             raise ValueError(f"out has length {out.shape[0]}, expected {n}")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import mab
-from mab import sampling
+from mab import _lists, sampling
 from mab.errors import (
     InvalidRequest,
     MalformedRequest,
@@ -86,9 +86,8 @@ def parse_prediction_request(doc, max_items):
         raise InvalidRequest("item_ids must not be empty", code="invalid_value")
     if len(item_ids) > max_items:
         raise TooManyItems(f"item_ids has {len(item_ids)} entries; the limit is {max_items}")
-    # One pass in C over the element types; the loop below runs only to name the culprit.
-    if len(set(map(type, item_ids))) != 1 or type(item_ids[0]) is not str:
-        index = next(i for i, item in enumerate(item_ids) if type(item) is not str)
+    index = _lists.first_non_str(item_ids)
+    if index >= 0:
         raise MalformedRequest(f"item_ids[{index}] must be a string", code="wrong_type")
 
     user_id = doc.get("user_id")
@@ -122,23 +121,27 @@ def parse_prediction_request(doc, max_items):
 def rank(scores, top_k):
     """Indices of the best `top_k` scores (all when None), best first.
 
-    Ties keep request order when everything is ranked; with a cut, the
-    partial sort does not promise an order among equal scores.
+    Equal scores (possible only where float64 rounds the extreme tails of
+    Beta distributions with shapes far below 1 to exactly 0 or 1) come in
+    an order that is the same on every call on the same machine but not
+    promised otherwise: numpy's default sort is 2x (400 items) to 6x
+    (10,000 items) faster than its stable sort.
     """
     n = scores.shape[0]
     negated = -scores
     if top_k is None or top_k >= n:
-        return np.argsort(negated, kind="stable")
+        return np.argsort(negated)
     best = np.argpartition(negated, top_k - 1)[:top_k]
-    return best[np.argsort(negated[best], kind="stable")]
+    return best[np.argsort(negated[best])]
 
 
 class PredictionService:
     """Holds a worker's models and stores, loads them, and answers predictions."""
 
-    def __init__(self, config, stores):
+    def __init__(self, config, stores, *, sampler=sampling.sample_beta):
         self.config = config
         self.stores = stores
+        self.sampler = sampler
         self.models = {
             name: BetaModel(model_config, stores[model_config.store])
             for name, model_config in config.models.items()
@@ -226,14 +229,11 @@ class PredictionService:
             )
         params = model.parameters(request.item_ids, request.user_id, deadline)
         seed = sampling.fresh_seed() if request.seed is None else request.seed
-        scores = sampling.sample_beta(
-            params.alpha, params.beta, seed=seed, out=params.alpha, n_threads=self.sampler_threads
-        )
+        scores = self.sampler(params.alpha, params.beta, seed=seed, out=params.alpha, n_threads=self.sampler_threads)
         order = rank(scores, request.top_k)
-        ids = request.item_ids
         return Prediction(
             model=request.model,
-            item_ids=[ids[i] for i in order.tolist()],
+            item_ids=_lists.take(request.item_ids, order),
             scores=scores[order],
             seed=seed,
             missing=params.missing,

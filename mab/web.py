@@ -24,6 +24,7 @@ from mab.errors import (
     Unavailable,
     UnknownModel,
 )
+from mab.sampling import sample_beta
 from mab.service import PredictionService, parse_prediction_request
 from mab.stores import create_store
 
@@ -53,17 +54,24 @@ _CODE_BY_STATUS = {
 }
 
 
-_served_by = (None, None)
+_served_by = None
 
 
 def served_by():
     """``host/pid`` of this worker, for the X-Served-By header: which pod and
-    worker answered. Computed again after a fork."""
+    worker answered. Worked out once per process (a fork forgets it)."""
     global _served_by
-    pid = os.getpid()
-    if _served_by[0] != pid:
-        _served_by = (pid, f"{socket.gethostname()}/{pid}")
-    return _served_by[1]
+    if _served_by is None:
+        _served_by = f"{socket.gethostname()}/{os.getpid()}"
+    return _served_by
+
+
+def _forget_served_by():
+    global _served_by
+    _served_by = None
+
+
+os.register_at_fork(after_in_child=_forget_served_by)
 
 
 def serialize_error(req, resp, exception):
@@ -209,14 +217,18 @@ class App(falcon.App):
         self.max_body_bytes = max_body_bytes
 
 
-def create_app(config, *, stores=None, load="background"):
+def create_app(config, *, stores=None, sampler=sample_beta, load="background"):
     """The WSGI application for one worker.
 
     ``stores`` replaces the stores the configuration describes (tests inject
-    their own). ``load`` is "background" (the app answers at once; /ready
-    says when it can predict), "now" (load before returning) or "no".
+    their own); ``sampler`` replaces the compiled Beta sampler (the
+    benchmark's baseline, mab.baseline, injects numpy's). ``load`` is
+    "background" (the app answers at once; /ready says when it can
+    predict), "now" (load before returning) or "no".
     """
-    service = PredictionService(config, stores if stores is not None else create_stores(config))
+    service = PredictionService(
+        config, stores if stores is not None else create_stores(config), sampler=sampler
+    )
     app = App(service, max_body_bytes=config.max_body_bytes, media_type=JSON)
     app.set_error_serializer(serialize_error)
     app.add_error_handler(MabError, handle_domain_error)

@@ -102,9 +102,12 @@ class Request:
         self.headers = headers          # [(name, value)] as str, in arrival order
         self.body = body
         self.keep_alive = keep_alive
-        parsed = httptools.parse_url(uri.encode("latin-1"))
-        self.path = unquote_to_bytes(parsed.path or b"/").decode("latin-1")
-        self.query = (parsed.query or b"").decode("latin-1")
+        if uri.startswith("/") and "%" not in uri and "?" not in uri and "#" not in uri:
+            self.path, self.query = uri, ""     # the usual case, nothing to decode
+        else:
+            parsed = httptools.parse_url(uri.encode("latin-1"))
+            self.path = unquote_to_bytes(parsed.path or b"/").decode("latin-1")
+            self.query = (parsed.query or b"").decode("latin-1")
 
 
 class Response:
@@ -232,6 +235,10 @@ class HttptoolsWorker(base.Worker):
         self.max_body_bytes = getattr(self.wsgi, "max_body_bytes", None) or DEFAULT_MAX_BODY_BYTES
         # gunicorn >= 24 knows whether any access log is configured; older ones log always.
         self.access_logging = getattr(self.log, "access_log_enabled", True)
+        # Read once: every cfg attribute is a lookup through gunicorn's Config.
+        self.pre_request = self.cfg.pre_request
+        self.post_request = self.cfg.post_request
+        self.multiprocess = self.cfg.workers > 1
 
     # -- the loop --------------------------------------------------------------------
 
@@ -499,7 +506,7 @@ class HttptoolsWorker(base.Worker):
             "wsgi.input_terminated": True,
             "wsgi.errors": sys.stderr,
             "wsgi.multithread": self.pool is not None,
-            "wsgi.multiprocess": self.cfg.workers > 1,
+            "wsgi.multiprocess": self.multiprocess,
             "wsgi.run_once": False,
         }
         for name, value in request.headers:
@@ -520,7 +527,7 @@ class HttptoolsWorker(base.Worker):
 
     def handle(self, conn, request):
         """Run the application on one request: (response bytes, keep the connection)."""
-        started = time.monotonic()
+        started = time.monotonic() if self.access_logging else 0.0
         self.nr += 1
         if self.nr >= self.max_requests:
             if self.alive:
@@ -537,7 +544,7 @@ class HttptoolsWorker(base.Worker):
 
         body_parts = []
         try:
-            self.cfg.pre_request(self, request)
+            self.pre_request(self, request)
             iterable = self.wsgi(environ, start_response)
             try:
                 sized = isinstance(iterable, (list, tuple))
@@ -592,7 +599,7 @@ class HttptoolsWorker(base.Worker):
             if self.access_logging:
                 elapsed = datetime.timedelta(seconds=time.monotonic() - started)
                 self.log.access(response, request, environ, elapsed)
-            self.cfg.post_request(self, request, environ, response)
+            self.post_request(self, request, environ, response)
         except Exception:
             self.log.exception("Exception in post_request hook or access log")
         return data, keep_alive

@@ -10,6 +10,9 @@ request (lookup) in Python:
   probing, load factor at most 2/3); each 64-bit slot holds the upper 32
   bits of the id's hash and row + 1, so a probe rarely touches the id bytes
   of a row that is not the one sought;
+* ``build_records``: one fixed-size record per row holding where its id is
+  and all its features, so finding an id and reading its features touches
+  three cache lines (slot, record, id bytes) rather than one per array;
 * ``IdIndex.find``: the rows of a whole request's ids at once, reading each
   Python string's UTF-8 bytes in place. Hashing our own bytes avoids what
   dominates a ``dict`` lookup of freshly decoded strings: computing
@@ -25,7 +28,7 @@ cimport numpy as cnp
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.unicode cimport PyUnicode_Check
 from libc.math cimport isfinite
-from libc.stdint cimport int64_t, uint8_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, strtod
 from libc.string cimport memchr, memcmp, memcpy
 
@@ -52,7 +55,7 @@ cdef enum:
 
 # Increment when the hash function or the slot layout changes: it is part of
 # the on-disk cache format (the store folds it into the cache key).
-HASH_VERSION = 1
+HASH_VERSION = 2
 
 cdef uint64_t _K1 = 0x9E3779B97F4A7C15ULL
 cdef uint64_t _K2 = 0xC2B2AE3D27D4EB4FULL
@@ -259,33 +262,73 @@ def build_slots(const uint8_t[::1] blob, const int64_t[::1] offsets, const int64
     return slots_arr
 
 
+def record_dtype(Py_ssize_t n_features):
+    """A row of the store: its id's place in the blob, and its features.
+
+    16 + 8 k bytes, 8-byte aligned: with two features a record is 32 bytes
+    and never straddles two cache lines.
+    """
+    return np.dtype([
+        ("offset", "<u8"), ("length", "<u4"), ("reserved", "<u4"), ("features", "<f8", (n_features,)),
+    ])
+
+
+def build_records(offsets, values):
+    """Records for ``n = len(offsets) - 1`` rows from parse_csv's output,
+    plus a last, all-zero record: the row that missing ids point at."""
+    n = offsets.shape[0] - 1
+    records = np.zeros(n + 1, dtype=record_dtype(values.shape[0]))
+    records["offset"][:n] = offsets[:-1]
+    records["length"][:n] = np.diff(offsets)
+    records["features"][:n] = values[:, :n].T
+    return records
+
+
 cdef class IdIndex:
-    """Finds the rows of entity ids in a hash index built by ``build_slots``.
+    """Finds entity ids in a hash index built by ``build_slots`` and reads
+    their features from records built by ``build_records``.
 
     Holds references to the (typically memory-mapped) arrays it reads.
     """
 
-    cdef object _slots, _blob, _offsets
+    cdef object _slots, _blob, _records
     cdef const uint64_t *slots
     cdef const uint8_t *blob
-    cdef const int64_t *offsets
+    cdef const char *records
+    cdef Py_ssize_t stride
     cdef uint64_t mask
     cdef readonly Py_ssize_t n_rows
+    cdef readonly Py_ssize_t n_features
     cdef readonly Py_ssize_t max_id_bytes
 
-    def __init__(self, slots, blob, offsets):
+    def __init__(self, slots, blob, records):
         self._slots = np.ascontiguousarray(slots, dtype=np.uint64)
         self._blob = np.ascontiguousarray(blob, dtype=np.uint8)
-        self._offsets = np.ascontiguousarray(offsets, dtype=np.int64)
         size = self._slots.shape[0]
         if size < 1 or size & (size - 1):
             raise ValueError("the slot count must be a power of two")
+        n_features = records.dtype["features"].shape[0] if records.dtype.names else 0
+        if records.dtype != record_dtype(n_features) or records.ndim != 1 or len(records) < 1:
+            raise ValueError("records must be a one-dimensional array of record_dtype(k)")
+        self._records = np.ascontiguousarray(records)
         self.slots = <const uint64_t *>cnp.PyArray_DATA(self._slots)
         self.blob = <const uint8_t *>cnp.PyArray_DATA(self._blob)
-        self.offsets = <const int64_t *>cnp.PyArray_DATA(self._offsets)
+        self.records = <const char *>cnp.PyArray_DATA(self._records)
+        self.stride = self._records.dtype.itemsize
         self.mask = size - 1
-        self.n_rows = self._offsets.shape[0] - 1
-        self.max_id_bytes = int(np.diff(self._offsets).max()) if self.n_rows else 0
+        self.n_rows = self._records.shape[0] - 1
+        self.n_features = n_features
+        self.max_id_bytes = int(self._records["length"].max())
+
+    cdef inline uint64_t _id_offset(self, Py_ssize_t row) noexcept nogil:
+        return (<const uint64_t *>(self.records + row * self.stride))[0]
+
+    cdef inline Py_ssize_t _id_length(self, Py_ssize_t row) noexcept nogil:
+        return (<const uint32_t *>(self.records + row * self.stride + 8))[0]
+
+    cdef inline bint _is(self, Py_ssize_t row, const uint8_t *key, Py_ssize_t length) noexcept nogil:
+        return (self._id_length(row) == length
+                and memcmp(self.blob + self._id_offset(row), key, length) == 0)
 
     cdef inline Py_ssize_t _find(self, const uint8_t *key, Py_ssize_t length) noexcept nogil:
         cdef uint64_t h = hash_bytes(key, length)
@@ -299,8 +342,7 @@ cdef class IdIndex:
                 return -1
             if (slot >> 32) == tag:
                 row = <Py_ssize_t>(slot & 0xFFFFFFFFULL) - 1
-                if (self.offsets[row + 1] - self.offsets[row] == length
-                        and memcmp(self.blob + self.offsets[row], key, length) == 0):
+                if self._is(row, key, length):
                     return row
             i = (i + 1) & self.mask
 
@@ -367,20 +409,17 @@ cdef class IdIndex:
                         lengths[j] = -1          # an empty first slot: definitely absent
                     elif (slot >> 32) == (hashes[j] >> 32):
                         candidates[j] = <Py_ssize_t>(slot & 0xFFFFFFFFULL) - 1
-                        prefetch(&self.offsets[candidates[j]])
+                        prefetch(self.records + candidates[j] * self.stride)
                 # 3. Prefetch the candidates' id bytes.
                 for j in range(m):
                     if candidates[j] >= 0:
-                        prefetch(self.blob + self.offsets[candidates[j]])
+                        prefetch(self.blob + self._id_offset(candidates[j]))
                 # 4. Confirm; anything unresolved takes the full probe.
                 for j in range(m):
                     row = -1
                     if lengths[j] >= 0:
                         row = candidates[j]
-                        if row < 0 or not (
-                            self.offsets[row + 1] - self.offsets[row] == lengths[j]
-                            and memcmp(self.blob + self.offsets[row], keys[j], lengths[j]) == 0
-                        ):
+                        if row < 0 or not self._is(row, keys[j], lengths[j]):
                             row = self._find(keys[j], lengths[j])
                     if row < 0:
                         rows[base + j] = self.n_rows
@@ -391,46 +430,39 @@ cdef class IdIndex:
             free(scratch)
         return rows_arr, missing
 
+    def gather(self, cnp.ndarray rows, tuple features):
+        """Features ``features`` (indices into the records' features) of
+        ``rows`` (from ``find``), as a new (len(features), len(rows)) array."""
+        if rows.ndim != 1 or rows.dtype != np.int64 or not rows.flags.c_contiguous:
+            raise ValueError("rows must be a contiguous int64 array")
+        cdef Py_ssize_t k = len(features), n = rows.shape[0], f, i, ahead
+        cdef Py_ssize_t columns[8]
+        if k > 8:
+            raise ValueError("at most 8 features per gather")
+        for f in range(k):
+            if not 0 <= features[f] < self.n_features:
+                raise IndexError(f"feature {features[f]} out of range")
+            columns[f] = 16 + 8 * features[f]     # byte offset within a record
+        cdef const int64_t *r = <const int64_t *>cnp.PyArray_DATA(rows)
+        for i in range(n):
+            if not 0 <= r[i] <= self.n_rows:
+                raise IndexError(f"row {r[i]} out of range")
+        cdef cnp.ndarray out = cnp.PyArray_EMPTY(2, [k, n], cnp.NPY_FLOAT64, 0)
+        cdef double *o = <double *>cnp.PyArray_DATA(out)
+        cdef const char *record
+        with nogil:
+            for i in range(n):
+                ahead = i + GATHER_AHEAD
+                if ahead < n:
+                    prefetch(self.records + r[ahead] * self.stride)
+                record = self.records + r[i] * self.stride
+                for f in range(k):
+                    o[f * n + i] = (<const double *>(record + columns[f]))[0]
+        return out
+
     def id_at(self, Py_ssize_t row):
         """The id stored at ``row`` (for messages and tests)."""
         if not 0 <= row < self.n_rows:
             raise IndexError(row)
-        return (<char *>self.blob)[self.offsets[row]:self.offsets[row + 1]].decode("utf-8")
-
-
-def gather(cnp.ndarray values, cnp.ndarray rows, tuple features):
-    """``values[features, rows]`` as a new (len(features), len(rows)) array.
-
-    ``values`` is the store's C-contiguous float64 matrix (one row per
-    feature), ``rows`` an int64 array of valid column indices (from
-    ``IdIndex.find``), ``features`` the row indices of the features wanted.
-    """
-    if values.ndim != 2 or values.dtype != np.float64 or not values.flags.c_contiguous:
-        raise ValueError("values must be a C-contiguous 2-D float64 array")
-    if rows.ndim != 1 or rows.dtype != np.int64 or not rows.flags.c_contiguous:
-        raise ValueError("rows must be a contiguous int64 array")
-    cdef Py_ssize_t k = len(features), n = rows.shape[0], width = values.shape[1]
-    cdef Py_ssize_t f, i, ahead
-    cdef Py_ssize_t feature_rows[8]
-    if k > 8:
-        raise ValueError("at most 8 features per gather")
-    for f in range(k):
-        if not 0 <= features[f] < values.shape[0]:
-            raise IndexError(f"feature {features[f]} out of range")
-        feature_rows[f] = features[f]
-    cdef const int64_t *r = <const int64_t *>cnp.PyArray_DATA(rows)
-    for i in range(n):
-        if not 0 <= r[i] < width:
-            raise IndexError(f"row {r[i]} out of range")
-    cdef cnp.ndarray out = cnp.PyArray_EMPTY(2, [k, n], cnp.NPY_FLOAT64, 0)
-    cdef double *o = <double *>cnp.PyArray_DATA(out)
-    cdef const double *v = <const double *>cnp.PyArray_DATA(values)
-    with nogil:
-        for i in range(n):
-            ahead = i + GATHER_AHEAD
-            if ahead < n:
-                for f in range(k):
-                    prefetch(v + feature_rows[f] * width + r[ahead])
-            for f in range(k):
-                o[f * n + i] = v[feature_rows[f] * width + r[i]]
-    return out
+        cdef Py_ssize_t start = self._id_offset(row)
+        return (<char *>self.blob)[start:start + self._id_length(row)].decode("utf-8")

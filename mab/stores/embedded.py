@@ -35,8 +35,8 @@ from mab.stores import _table
 log = logging.getLogger(__name__)
 
 # Part of the cache key: bump when the cache's layout changes.
-CACHE_FORMAT = 1
-ARRAYS = ("blob", "offsets", "values", "slots")
+CACHE_FORMAT = 2
+ARRAYS = ("blob", "records", "slots")
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def compile_csv(path):
         slots = _table.build_slots(blob, offsets, lines)
     except (DataError, _table.CsvError) as exc:
         raise DataError(f"{path}: {exc}") from None
-    return columns, {"blob": blob, "offsets": offsets, "values": values, "slots": slots}
+    return columns, {"blob": blob, "records": _table.build_records(offsets, values), "slots": slots}
 
 
 def cache_path(source, cache_dir):
@@ -123,7 +123,7 @@ def prepare(source, cache_dir):
             meta = {
                 "source": os.path.abspath(source),
                 "columns": columns,
-                "rows": int(arrays["offsets"].shape[0] - 1),
+                "rows": int(arrays["records"].shape[0] - 1),
                 "build_seconds": round(time.perf_counter() - start, 3),
             }
             with open(os.path.join(building, "meta.json"), "w") as f:
@@ -159,8 +159,8 @@ class Store:
     def __init__(self, settings, *, cache_dir):
         self.settings = settings
         self.cache_dir = cache_dir
+        self._arrays = None
         self._index = None
-        self._values = None
         self._column = {}
         self._info = {}
 
@@ -179,9 +179,10 @@ class Store:
             name: np.load(os.path.join(target, f"{name}.npy"), mmap_mode="r").view(np.ndarray)
             for name in ARRAYS
         }
-        self._index = _table.IdIndex(arrays["slots"], arrays["blob"], arrays["offsets"])
-        self._values = arrays["values"]
+        self._arrays = arrays
+        self._index = _table.IdIndex(arrays["slots"], arrays["blob"], arrays["records"])
         self._column = {name: i for i, name in enumerate(meta["columns"][1:])}
+        self._feature_rows = {}    # features tuple -> their indices in a record
         self._info = {
             "backend": self.backend,
             "source": meta["source"],
@@ -202,12 +203,15 @@ class Store:
 
     def fetch(self, item_ids, prefix, suffix, features, deadline=None):
         rows, missing = self._index.find(item_ids, prefix.encode(), suffix.encode())
-        matrix = _table.gather(self._values, rows, tuple(self._column[name] for name in features))
+        feature_rows = self._feature_rows.get(features)
+        if feature_rows is None:
+            feature_rows = self._feature_rows[features] = tuple(self._column[name] for name in features)
+        matrix = self._index.gather(rows, feature_rows)
         return FeatureBatch(tuple(matrix), missing)
 
     def describe(self):
         return dict(self._info)
 
     def close(self):
+        self._arrays = None
         self._index = None
-        self._values = None

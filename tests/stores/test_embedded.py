@@ -147,12 +147,13 @@ def test_concurrent_processes_build_once(items_csv, tmp_path):
 
 def test_arrays_are_read_only_file_maps(items_csv, tmp_path):
     store = open_store(items_csv, tmp_path / "cache")
-    values = store._values
-    assert not values.flags.writeable
-    base = values
-    while getattr(base, "base", None) is not None and not isinstance(base, mmap.mmap):
-        base = base.base
-    assert isinstance(base, mmap.mmap), "the features are a view of a file mapping, not a copy"
+    assert set(store._arrays) == {"blob", "records", "slots"}
+    for name, array in store._arrays.items():
+        assert not array.flags.writeable, name
+        base = array
+        while getattr(base, "base", None) is not None and not isinstance(base, mmap.mmap):
+            base = base.base
+        assert isinstance(base, mmap.mmap), f"{name} is a view of a file mapping, not a copy"
 
 
 def test_non_string_ids_are_rejected(items_csv, tmp_path):
@@ -171,14 +172,16 @@ def test_index_agrees_with_a_dict(stored, probes):
     body = "".join(f"{s},{i},{2 * i}\n" for i, s in enumerate(stored))
     data = ("id,s,f\n" + body).encode()
     blob, offsets, values, lines = _table.parse_csv(data, 7, ["id", "s", "f"])
-    index = _table.IdIndex(_table.build_slots(blob, offsets, lines), blob, offsets)
+    index = _table.IdIndex(_table.build_slots(blob, offsets, lines), blob, _table.build_records(offsets, values))
     expected = {s: i for i, s in enumerate(stored)}
     queries = probes + stored
     rows, missing = index.find(queries)
     want = [expected.get(q, len(stored)) for q in queries]
     assert rows.tolist() == want
     assert missing == sum(q not in expected for q in queries)
-    np.testing.assert_array_equal(values[0, :-1], np.arange(len(stored)))
+    features = index.gather(rows, (1, 0))
+    np.testing.assert_array_equal(features[0], [2 * r if r < len(stored) else 0 for r in want])
+    np.testing.assert_array_equal(features[1], [r if r < len(stored) else 0 for r in want])
 
 
 def test_slot_count_keeps_load_factor_below_two_thirds():
@@ -190,11 +193,23 @@ def test_slot_count_keeps_load_factor_below_two_thirds():
 def test_gather_matches_numpy_indexing():
     rng = np.random.default_rng(0)
     values = rng.random((3, 1001))
+    values[:, -1] = 0.0
+    offsets = np.arange(1001, dtype=np.int64)       # 1,000 one-byte ids
+    blob = np.frombuffer(bytes(range(256)) * 4, dtype=np.uint8)[:1000].copy()
+    records = _table.build_records(offsets, values)
+    index = _table.IdIndex(np.zeros(8, dtype=np.uint64), blob, records)
     rows = rng.integers(0, 1001, 5000)
-    np.testing.assert_array_equal(_table.gather(values, rows, (2, 0)), values[[2, 0]][:, rows])
+    np.testing.assert_array_equal(index.gather(rows, (2, 0)), values[[2, 0]][:, rows])
     with pytest.raises(IndexError):
-        _table.gather(values, np.array([1001]), (0,))
+        index.gather(np.array([1001]), (0,))
     with pytest.raises(IndexError):
-        _table.gather(values, rows, (3,))
+        index.gather(rows, (3,))
     with pytest.raises(ValueError):
-        _table.gather(values.astype(np.float32), rows, (0,))
+        index.gather(rows.astype(np.int32), (0,))
+
+
+def test_records_layout():
+    records = _table.build_records(np.array([0, 3, 5]), np.array([[1.0, 2.0, 0.0], [3.0, 4.0, 0.0]]))
+    assert records.dtype.itemsize == 32, "two features: one record per half cache line"
+    assert records["offset"].tolist() == [0, 3, 0] and records["length"].tolist() == [3, 2, 0]
+    assert records["features"].tolist() == [[1.0, 3.0], [2.0, 4.0], [0.0, 0.0]]
