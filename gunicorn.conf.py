@@ -38,8 +38,9 @@ backlog = int(os.environ.get("MAB_BACKLOG", "2048"))
 #   uses one thread per worker (MAB_SAMPLER_THREADS), see mab.sampling.
 #
 # max_requests, max_requests_jitter: recycle a worker now and then, at
-#   different times across workers, to bound slow leaks. The embedded store is
-#   a shared file mapping, so a new worker is ready in milliseconds.
+#   different times across workers, to bound slow leaks: every million
+#   requests or so, a few minutes at full load. The embedded store is a shared
+#   file mapping, so a new worker is ready in milliseconds.
 #
 # timeout: a worker silent for this long is killed and replaced.
 # graceful_timeout: time to finish in-flight requests on reload or stop.
@@ -64,8 +65,8 @@ def _threads_for_the_stores():
 workers = int(os.environ.get("WEB_CONCURRENCY", "0")) or len(os.sched_getaffinity(0))
 worker_class = os.environ.get("MAB_WORKER_CLASS", "mab.worker.HttptoolsWorker")
 threads = int(os.environ.get("MAB_WORKER_THREADS", "0")) or _threads_for_the_stores()
-max_requests = int(os.environ.get("MAB_MAX_REQUESTS", "100000"))
-max_requests_jitter = int(os.environ.get("MAB_MAX_REQUESTS_JITTER", "10000"))
+max_requests = int(os.environ.get("MAB_MAX_REQUESTS", "1000000"))
+max_requests_jitter = int(os.environ.get("MAB_MAX_REQUESTS_JITTER", "100000"))
 timeout = int(os.environ.get("MAB_TIMEOUT", "30"))
 graceful_timeout = int(os.environ.get("MAB_GRACEFUL_TIMEOUT", "30"))
 keepalive = int(os.environ.get("MAB_KEEPALIVE", "75"))

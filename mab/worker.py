@@ -60,6 +60,11 @@ DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 READ_SIZE = 256 * 1024
 # Bytes of a request's head (request line and headers together) held at most.
 MAX_HEAD_BYTES = 64 * 1024
+# When the worker stops, a keep-alive connection is closed once it has been
+# idle this long. Closing it at once would race a client that is about to
+# reuse it (its request would meet a reset); a request that arrives in time
+# is answered with Connection: close.
+SHUTDOWN_IDLE_SECONDS = 0.5
 
 _REASONS = {
     100: "Continue", 200: "OK", 204: "No Content", 304: "Not Modified", 400: "Bad Request",
@@ -254,7 +259,7 @@ class HttptoolsWorker(base.Worker):
         last_notify = last_sweep = 0.0
         accepting = True
         try:
-            while self.alive or self._busy():
+            while self.alive or self.connections:
                 now = time.monotonic()
                 if now - last_notify >= 1.0:
                     self.notify()
@@ -262,11 +267,12 @@ class HttptoolsWorker(base.Worker):
                 if not self.alive and accepting:
                     self._stop_accepting()
                     accepting = False
-                    self._close_idle()
                     shutdown_deadline = now + self.cfg.graceful_timeout
-                if not self.alive and now > shutdown_deadline:
-                    break
-                for key, mask in self.selector.select(timeout=1.0):
+                if not self.alive:
+                    if now > shutdown_deadline:
+                        break
+                    self._close_idle(now - SHUTDOWN_IDLE_SECONDS)
+                for key, mask in self.selector.select(timeout=1.0 if self.alive else 0.1):
                     key.data(key.fileobj, mask)
                 if now - last_sweep >= 1.0:
                     self._sweep(now)
@@ -280,10 +286,6 @@ class HttptoolsWorker(base.Worker):
             for conn in list(self.connections.values()):
                 self._close(conn)
 
-    def _busy(self):
-        """Work a graceful shutdown waits for: requests started, responses unsent."""
-        return any(c.busy or c.out or c.pending or c.request_started for c in self.connections.values())
-
     def _stop_accepting(self):
         for listener in self.sockets:
             try:
@@ -291,9 +293,10 @@ class HttptoolsWorker(base.Worker):
             except (KeyError, ValueError):
                 pass
 
-    def _close_idle(self):
+    def _close_idle(self, idle_since):
+        """Close connections with nothing in progress and no activity since `idle_since`."""
         for conn in list(self.connections.values()):
-            if not (conn.busy or conn.out or conn.pending or conn.request_started):
+            if not (conn.busy or conn.out or conn.pending or conn.request_started) and conn.last_activity <= idle_since:
                 self._close(conn)
 
     def _sweep(self, now):

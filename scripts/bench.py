@@ -19,9 +19,17 @@ errors, the server's CPU utilisation and its CPU time per request (read from
 
 Systems (--systems, comma-separated):
     mab          this service under gunicorn with gunicorn.conf.py's defaults
-    mab-sync     the same with gunicorn's sync worker
-    mab-gthread  the same with gunicorn's gthread worker
-    mab-httptools  the same with mab.worker.HttptoolsWorker
+                 (mab.worker.HttptoolsWorker, requests inline)
+    mab-baseline the same with numpy's Generator.beta and per-id dict lookups
+                 instead of the compiled sampler and index (mab.baseline)
+    mab-sync     mab with gunicorn's sync worker
+    mab-gthread  mab with gunicorn's gthread worker (4 threads)
+    mab-vertex-legacy, mab-vertex
+                 mab on the Vertex AI backends, served by the local stand-in
+                 (mab.testing.vertex_standin, pinned to the load cores, with
+                 --standin-latency-ms added to every call)
+    mab-vertex-legacy-cache, mab-vertex-cache
+                 the same with the per-worker feature cache on (600 s TTL)
     go           ../shared/peers/go-peer with its pure-Go sampler (the stronger peer)
     go-cgo       the Go peer with its C++ sampler called through cgo
     url=URL      an already running server (no CPU figures)
@@ -52,6 +60,12 @@ local bodies = {}
 for line in io.lines(os.getenv("MAB_BENCH_BODIES")) do bodies[#bodies + 1] = line end
 local headers = {["Content-Type"] = "application/json"}
 local i = 0
+-- Paced steps: each connection waits this long after every response, which
+-- caps the offered rate near connections / delay (wrk is closed-loop).
+local pause = tonumber(os.getenv("MAB_BENCH_DELAY_MS") or "0")
+if pause > 0 then
+  delay = function() return pause end
+end
 request = function()
   i = i % #bodies + 1
   return wrk.format("POST", nil, headers, bodies[i])
@@ -196,7 +210,7 @@ def python():
     return venv if os.path.exists(venv) else sys.executable
 
 
-def make_mab(name, args, worker_class=None, extra_env=None):
+def make_mab(name, args, worker_class=None, extra_env=None, app="app:app"):
     port = free_port()
     env = dict(os.environ)
     env.update(
@@ -209,8 +223,84 @@ def make_mab(name, args, worker_class=None, extra_env=None):
     if worker_class:
         env["MAB_WORKER_CLASS"] = worker_class
     env.update(extra_env or {})
-    command = [python(), "-m", "gunicorn", "-c", os.path.join(ROOT, "gunicorn.conf.py"), "app:app"]
+    command = [python(), "-m", "gunicorn", "-c", os.path.join(ROOT, "gunicorn.conf.py"), app]
     return Server(name, command, env, port, "/ready", args.server_cores)
+
+
+class StandIn:
+    """The local Vertex AI stand-in (mab.testing.vertex_standin), pinned to
+    the load cores: it plays the remote feature store, not the server."""
+
+    def __init__(self, args):
+        self.args = args
+        self.port = free_port()
+        self.process = None
+        self.log = None
+
+    def start(self):
+        if self.process is not None:
+            return
+        self.log = open(os.path.join(self.args.work_dir, "standin.log"), "w")
+        self.process = subprocess.Popen(
+            ["taskset", "-c", self.args.load_cores, python(), "-m", "mab.testing.vertex_standin",
+             "--data", self.args.data, "--port", str(self.port), "--latency-ms", str(self.args.standin_latency_ms)],
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT,
+        )
+        deadline = time.monotonic() + 60
+        while "# serving" not in open(self.log.name).read():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the stand-in did not start; see {self.log.name}")
+            time.sleep(0.1)
+
+    def stop(self):
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        if self.log:
+            self.log.close()
+
+
+# The resources the stand-in serves, per backend (its --help prints the same).
+STANDIN_RESOURCES = {
+    "vertex-legacy": 'featurestore = "mab"\nentity_type = "items"\n',
+    "vertex": 'feature_online_store = "mab"\nfeature_view = "items"\n',
+}
+
+
+class RemoteStoreServer(Server):
+    """mab on a Vertex backend: the stand-in starts first and stops last."""
+
+    def __init__(self, standin, *a, **kw):
+        super().__init__(*a, **kw)
+        self.standin = standin
+
+    def start(self, log_dir):
+        self.standin.start()
+        super().start(log_dir)
+
+    def stop(self):
+        super().stop()
+        self.standin.stop()
+
+
+def make_vertex(name, args, backend, cache):
+    if args.standin is None:
+        args.standin = StandIn(args)
+    config = os.path.join(args.work_dir, f"{name}.toml")
+    with open(config, "w") as f:
+        f.write(
+            f'[stores.default]\nbackend = "{backend}"\nproject = "local"\nlocation = "us-central1"\n'
+            f"{STANDIN_RESOURCES[backend]}"
+            f'api_endpoint = "127.0.0.1:{args.standin.port}"\nplaintext = true\n'
+            f"cache_ttl_seconds = {600 if cache else 0}\n"
+        )
+    server = make_mab(name, args, extra_env={"MAB_CONFIG": config})
+    server.env.pop("MAB_DATA")
+    return RemoteStoreServer(args.standin, name, server.command, server.env, server.port, "/ready", server.cores)
 
 
 def make_go(name, args, sampler):
@@ -230,8 +320,12 @@ def make_system(spec, args):
     factories = {
         "mab": lambda: make_mab("mab", args),
         "mab-sync": lambda: make_mab("mab-sync", args, "sync"),
-        "mab-gthread": lambda: make_mab("mab-gthread", args, "gthread"),
-        "mab-httptools": lambda: make_mab("mab-httptools", args, "mab.worker.HttptoolsWorker"),
+        "mab-gthread": lambda: make_mab("mab-gthread", args, "gthread", {"MAB_WORKER_THREADS": "4"}),
+        "mab-baseline": lambda: make_mab("mab-baseline", args, app="mab.baseline:create_baseline_app()"),
+        "mab-vertex-legacy": lambda: make_vertex("mab-vertex-legacy", args, "vertex-legacy", cache=False),
+        "mab-vertex-legacy-cache": lambda: make_vertex("mab-vertex-legacy-cache", args, "vertex-legacy", cache=True),
+        "mab-vertex": lambda: make_vertex("mab-vertex", args, "vertex", cache=False),
+        "mab-vertex-cache": lambda: make_vertex("mab-vertex-cache", args, "vertex", cache=True),
         "go": lambda: make_go("go", args, "go"),
         "go-cgo": lambda: make_go("go-cgo", args, "cgo"),
     }
@@ -288,14 +382,24 @@ class Step:
     cpu_utilisation: float | None = None
     cpu_us_per_request: float | None = None
     cpu_us_per_request_by_worker: dict = field(default_factory=dict)
+    # For paced steps: the fraction of this round's peak rate that was
+    # offered, and the fraction served.
+    paced_fraction: float | None = None
+    achieved_fraction: float | None = None
 
 
-def run_wrk(server, args, connections, duration, bodies_path, script_path):
+def run_wrk(server, args, connections, duration, bodies_path, script_path, target_rate=None):
+    """One step of load; with `target_rate` (req/s) each connection is paced
+    to offer about that rate in total."""
     command = [
         "taskset", "-c", args.load_cores, "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s",
         "--timeout", "10s", "-s", script_path, server.url + "/predict",
     ]
     env = dict(os.environ, MAB_BENCH_BODIES=bodies_path)
+    if target_rate:
+        # wrk's delay() is in whole milliseconds; many connections keep the
+        # rounding error small (128 at 4,000 req/s: 32 ms each, +-1.6%).
+        env["MAB_BENCH_DELAY_MS"] = str(max(1, round(connections / target_rate * 1000)))
     before = server.cpu_snapshot()
     started = time.monotonic()
     output = subprocess.run(command, env=env, capture_output=True, text=True, timeout=duration + 60)
@@ -328,13 +432,13 @@ def run_wrk(server, args, connections, duration, bodies_path, script_path):
 # -- reporting ------------------------------------------------------------------------
 
 
-def summarize(steps, systems, connections):
-    """Median over rounds of every figure, per (system, connections)."""
+def summarize(steps, systems, connections, paced=(), paced_connections=None):
+    """Median over rounds of every figure, per (system, step)."""
     rows = []
-    for c in connections:
+    for c, fraction in [(c, None) for c in connections] + [(paced_connections, f) for f in paced]:
         base = None
         for system in systems:
-            mine = [s for s in steps if s.system == system and s.connections == c]
+            mine = [s for s in steps if s.system == system and s.connections == c and s.paced_fraction == fraction]
             if not mine:
                 continue
 
@@ -343,9 +447,9 @@ def summarize(steps, systems, connections):
                 return statistics.median(values) if values else None
 
             row = {
-                "system": system, "connections": c, "rounds": len(mine),
+                "system": system, "connections": c, "paced_fraction": fraction, "rounds": len(mine),
                 **{k: med(k) for k in ("requests_per_s", "predictions_per_s", "p50_ms", "p90_ms", "p99_ms",
-                                        "max_ms", "cpu_utilisation", "cpu_us_per_request")},
+                                        "max_ms", "cpu_utilisation", "cpu_us_per_request", "achieved_fraction")},
                 "errors": sum(s.errors for s in mine), "non_2xx": sum(s.non_2xx for s in mine),
             }
             if base is None:
@@ -370,12 +474,14 @@ def fmt(value, spec):
 
 
 def print_table(rows, first):
-    print(f"\n| system | conns | req/s | predictions/s | p50 ms | p90 ms | p99 ms | max ms | errors | "
+    print(f"\n| system | connections | req/s | predictions/s | p50 ms | p90 ms | p99 ms | max ms | errors | "
           f"server CPU | CPU us/req | req/s vs {first} | CPU/req: {first} / system |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        step = str(r["connections"]) if r["paced_fraction"] is None else (
+            f"{r['connections']}, paced to {r['paced_fraction']:.0%} of peak (served {r['achieved_fraction']:.0%})")
         print(
-            f"| {r['system']} | {r['connections']} | {fmt(r['requests_per_s'], ',.0f')} "
+            f"| {r['system']} | {step} | {fmt(r['requests_per_s'], ',.0f')} "
             f"| {fmt(r['predictions_per_s'], ',.0f')} | {fmt(r['p50_ms'], '.2f')} | {fmt(r['p90_ms'], '.2f')} "
             f"| {fmt(r['p99_ms'], '.2f')} | {fmt(r['max_ms'], '.1f')} | {r['errors'] + r['non_2xx']} "
             f"| {fmt(r['cpu_utilisation'] and 100 * r['cpu_utilisation'], '.0f')}% "
@@ -396,12 +502,13 @@ def write_chart(rows, path, title):
         return None
     fig, ax = plt.subplots(figsize=(8, 5))
     for system in dict.fromkeys(r["system"] for r in rows):
-        mine = sorted((r for r in rows if r["system"] == system), key=lambda r: r["connections"])
+        mine = sorted((r for r in rows if r["system"] == system), key=lambda r: r["predictions_per_s"])
         xs = [r["predictions_per_s"] / 1e6 for r in mine]
         ys = [r["p99_ms"] for r in mine]
         ax.plot(xs, ys, marker="o", label=system)
         for r, x, y in zip(mine, xs, ys):
-            ax.annotate(str(r["connections"]), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            label = str(r["connections"]) if r["paced_fraction"] is None else f"{r['paced_fraction']:.0%}"
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set_xlabel("million predictions per second")
     ax.set_ylabel("p99 latency (ms)")
     ax.set_title(title, fontsize=9)
@@ -424,6 +531,10 @@ def main(argv=None):
     parser.add_argument("--duration", type=int, default=10, help="seconds per step (default 10)")
     parser.add_argument("--warmup", type=int, default=3, help="seconds of load before measuring each system")
     parser.add_argument("--rounds", type=int, default=3, help="rounds; medians are reported (default 3)")
+    parser.add_argument("--paced", default="", metavar="FRACTIONS",
+                        help="also offer these fractions of each system's peak rate (e.g. 0.5,0.8) each round, "
+                             "pacing each of --paced-connections connections")
+    parser.add_argument("--paced-connections", type=int, default=128)
     parser.add_argument("--ids", type=int, default=400, help="item_ids per request (default 400)")
     parser.add_argument("--items", type=int, default=100_000, help="items in the generated data set")
     parser.add_argument("--data", help="CSV to serve (default: generated, --items items)")
@@ -431,6 +542,8 @@ def main(argv=None):
     parser.add_argument("--server-cores", default="0", help="taskset list for the servers (default 0)")
     parser.add_argument("--load-cores", default="1", help="taskset list for wrk (default 1)")
     parser.add_argument("--go-peer", default=os.path.join(ROOT, "..", "shared", "peers", "go-peer"))
+    parser.add_argument("--standin-latency-ms", type=float, default=0.0,
+                        help="latency the Vertex stand-in adds to every call (default 0)")
     parser.add_argument("--out", help="JSON results path (default bench-results/<time>.json); the chart goes beside it")
     parser.add_argument("--no-chart", action="store_true", help="skip the PNG chart")
     args = parser.parse_args(argv)
@@ -449,6 +562,7 @@ def main(argv=None):
     with open(script_path, "w") as f:
         f.write(WRK_SCRIPT)
     connections = [int(c) for c in args.connections.split(",")]
+    args.standin = None
     systems = [make_system(spec.strip(), args) for spec in args.systems.split(",")]
 
     steps = []
@@ -461,7 +575,8 @@ def main(argv=None):
             system.wait_ready()
             if args.warmup > 0:
                 run_wrk(system, args, max(connections), args.warmup, bodies_path, script_path)
-        total = args.rounds * len(connections) * len(systems)
+        paced = [float(f) for f in args.paced.split(",")] if args.paced else []
+        total = args.rounds * (len(connections) + len(paced)) * len(systems)
         done = 0
         for round_no in range(args.rounds):
             for c in connections:
@@ -474,6 +589,19 @@ def main(argv=None):
                     steps.append(step)
                     print(f"    {step.requests_per_s:,.0f} req/s, p99 {step.p99_ms:.1f} ms, "
                           f"CPU {fmt(step.cpu_us_per_request, '.0f')} us/req", file=sys.stderr, flush=True)
+            for fraction in paced:
+                for system in systems:
+                    done += 1
+                    peak = max(s.requests_per_s for s in steps if s.system == system.name and s.round == round_no
+                               and s.paced_fraction is None)
+                    print(f"[{done}/{total}] round {round_no + 1}, {system.name}, paced at {fraction:.0%} of "
+                          f"{peak:,.0f} req/s ...", file=sys.stderr, flush=True)
+                    step = run_wrk(system, args, args.paced_connections, args.duration, bodies_path, script_path,
+                                   target_rate=fraction * peak)
+                    step.achieved_fraction = step.requests_per_s / peak
+                    step.round, step.paced_fraction = round_no, fraction
+                    steps.append(step)
+                    print(f"    {step.requests_per_s:,.0f} req/s, p99 {step.p99_ms:.1f} ms", file=sys.stderr, flush=True)
     except KeyboardInterrupt:
         print("interrupted: stopping the servers", file=sys.stderr)
         raise SystemExit(130)
@@ -482,7 +610,8 @@ def main(argv=None):
             system.stop()
 
     names = [s.name for s in systems]
-    rows = summarize(steps, names, connections)
+    rows = summarize(steps, names, connections, [float(f) for f in args.paced.split(",")] if args.paced else [],
+                     args.paced_connections)
     title = (f"{args.ids} ids per request, {args.items:,} items; servers on cores {args.server_cores}, "
              f"wrk on cores {args.load_cores}; medians of {args.rounds} rounds of {args.duration:g}s")
     print("\n" + title)
@@ -490,7 +619,7 @@ def main(argv=None):
     out = args.out or os.path.join(ROOT, "bench-results", f"bench-{stamp}.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
-        json.dump({"arguments": {k: v for k, v in vars(args).items()}, "summary": rows,
+        json.dump({"arguments": {k: v for k, v in vars(args).items() if k != "standin"}, "summary": rows,
                    "server_pids": {s.name: s.process.pid for s in systems if getattr(s, "process", None)},
                    "steps": [asdict(s) for s in steps]}, f, indent=2)
     print(f"\nresults: {out}", file=sys.stderr)

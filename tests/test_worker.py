@@ -353,3 +353,39 @@ def test_threads_serve_concurrent_connections(tmp_path, data_csv):
         assert not errors, errors
     finally:
         server.stop()
+
+
+def test_recycling_under_keep_alive_load_loses_no_request(tmp_path, data_csv):
+    # A worker that reaches max_requests answers with Connection: close and
+    # closes idle connections only after they stay idle: clients that keep
+    # sending never meet a reset.
+    server = start(tmp_path, data_csv, MAB_MAX_REQUESTS="40", MAB_MAX_REQUESTS_JITTER="0")
+    try:
+        failures, answered, workers = [], [0], set()
+
+        def client_loop():
+            client = Client(server.port)
+            for _ in range(60):
+                try:
+                    client.send(post())
+                    status, headers, _ = client.response()
+                except (ConnectionError, OSError) as exc:
+                    failures.append(repr(exc))
+                    client = Client(server.port)
+                    continue
+                assert status == 200
+                answered[0] += 1
+                workers.add(headers["x-served-by"])
+                if headers.get("connection") == "close":
+                    client.close()
+                    client = Client(server.port)
+
+        threads = [threading.Thread(target=client_loop) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not failures, failures
+        assert answered[0] == 240 and len(workers) >= 3, "the worker was recycled several times"
+    finally:
+        server.stop()
