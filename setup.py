@@ -105,6 +105,13 @@ def build_extensions():
             extra_compile_args=EXTRA_COMPILE_ARGS,
         ),
         Extension(
+            "mab._wire",
+            ["mab/_wire.pyx"],
+            include_dirs=[np.get_include()],
+            define_macros=macros,
+            extra_compile_args=EXTRA_COMPILE_ARGS,
+        ),
+        Extension(
             "mab.stores._table",
             ["mab/stores/_table.pyx"],
             include_dirs=[np.get_include()],

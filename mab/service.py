@@ -41,8 +41,9 @@ class PredictionRequest:
 @dataclass(slots=True)
 class Prediction:
     model: str
-    item_ids: list          # ranked, best first, cut to top_k
-    scores: np.ndarray      # same order
+    request_ids: object     # the request's item_ids: a list of str, or IdSpans
+    order: np.ndarray       # indices into request_ids, best first, cut to top_k
+    scores: np.ndarray      # the scores in that order
     seed: int
     missing: int
     failed: int
@@ -50,6 +51,13 @@ class Prediction:
     @property
     def degraded(self):
         return self.failed > 0
+
+    @property
+    def item_ids(self):
+        """The ranked ids as a list of str."""
+        if type(self.request_ids) is list:
+            return _lists.take(self.request_ids, self.order)
+        return [self.request_ids[i] for i in self.order.tolist()]
 
 
 def _as_int(value):
@@ -65,6 +73,25 @@ def _as_int(value):
     return None
 
 
+def _check_item_ids(item_ids, max_items):
+    if item_ids is None:
+        raise InvalidRequest("item_ids is required", code="missing_field")
+    if not item_ids:
+        raise InvalidRequest("item_ids must not be empty", code="invalid_value")
+    if len(item_ids) > max_items:
+        raise TooManyItems(f"item_ids has {len(item_ids)} entries; the limit is {max_items}")
+
+
+def _check_top_k(top_k):
+    if top_k is not None and top_k < 1:
+        raise InvalidRequest(f"top_k must be >= 1, got {top_k}", code="invalid_value")
+
+
+def _check_seed(seed):
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise InvalidRequest(f"seed must be in [0, 2**64 - 1], got {seed}", code="invalid_value")
+
+
 def parse_prediction_request(doc, max_items):
     """Validate a decoded JSON body. Wrong types are malformed (400); values
     out of range or unknown fields are invalid (422); too many items 413."""
@@ -78,14 +105,9 @@ def parse_prediction_request(doc, max_items):
             code="unknown_field",
         )
     item_ids = doc.get("item_ids")
-    if item_ids is None:
-        raise InvalidRequest("item_ids is required", code="missing_field")
-    if type(item_ids) is not list:
+    if item_ids is not None and type(item_ids) is not list:
         raise MalformedRequest("item_ids must be an array of strings", code="wrong_type")
-    if not item_ids:
-        raise InvalidRequest("item_ids must not be empty", code="invalid_value")
-    if len(item_ids) > max_items:
-        raise TooManyItems(f"item_ids has {len(item_ids)} entries; the limit is {max_items}")
+    _check_item_ids(item_ids, max_items)
     index = _lists.first_non_str(item_ids)
     if index >= 0:
         raise MalformedRequest(f"item_ids[{index}] must be a string", code="wrong_type")
@@ -99,8 +121,7 @@ def parse_prediction_request(doc, max_items):
         top_k = _as_int(top_k)
         if top_k is None:
             raise MalformedRequest("top_k must be an integer", code="wrong_type")
-        if top_k < 1:
-            raise InvalidRequest(f"top_k must be >= 1, got {top_k}", code="invalid_value")
+    _check_top_k(top_k)
 
     model = doc.get("model")
     if model is None:
@@ -113,9 +134,19 @@ def parse_prediction_request(doc, max_items):
         seed = _as_int(seed)
         if seed is None:
             raise MalformedRequest("seed must be an integer", code="wrong_type")
-        if not 0 <= seed <= MAX_SEED:
-            raise InvalidRequest(f"seed must be in [0, 2**64 - 1], got {seed}", code="invalid_value")
+    _check_seed(seed)
     return PredictionRequest(item_ids, user_id, top_k, model, seed)
+
+
+def request_from_fields(fields, max_items):
+    """The request from ``mab._wire.parse_predict_body``'s fields, whose
+    types that parser has already established: the value checks of
+    ``parse_prediction_request``, in the same order."""
+    item_ids, user_id, top_k, model, seed = fields
+    _check_item_ids(item_ids, max_items)
+    _check_top_k(top_k)
+    _check_seed(seed)
+    return PredictionRequest(item_ids, user_id, top_k, "default" if model is None else model, seed)
 
 
 def rank(scores, top_k):
@@ -233,7 +264,8 @@ class PredictionService:
         order = rank(scores, request.top_k)
         return Prediction(
             model=request.model,
-            item_ids=_lists.take(request.item_ids, order),
+            request_ids=request.item_ids,
+            order=order,
             scores=scores[order],
             seed=seed,
             missing=params.missing,

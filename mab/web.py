@@ -25,7 +25,9 @@ from mab.errors import (
     UnknownModel,
 )
 from mab.sampling import sample_beta
-from mab.service import PredictionService, parse_prediction_request
+from mab._lists import take
+from mab._wire import IdSpans, parse_predict_body
+from mab.service import PredictionService, parse_prediction_request, request_from_fields
 from mab.stores import create_store
 
 log = logging.getLogger(__name__)
@@ -106,7 +108,7 @@ def handle_domain_error(req, resp, exception, params):
 
 
 def read_json_body(req, max_bytes):
-    """The request's JSON document, within the limits; HTTP errors otherwise."""
+    """The raw body of a JSON request, within the limits; HTTP errors otherwise."""
     media_type = (req.content_type or "").split(";", 1)[0].strip().lower()
     if media_type != JSON and not media_type.endswith("+json"):
         raise falcon.HTTPError(
@@ -122,11 +124,23 @@ def read_json_body(req, max_bytes):
         raise falcon.HTTPError(
             413, description=f"the body has {length} bytes; the limit is {max_bytes}", code="body_too_large"
         )
-    raw = req.bounded_stream.read(length)
+    return req.bounded_stream.read(length)
+
+
+def decode_json(raw):
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise falcon.HTTPError(400, description=f"the body is not valid JSON: {exc}", code="malformed_json")
+
+
+def ranked_ids_json(prediction):
+    """The ranked ids for the response: straight from the request's bytes when
+    it came through the fast parser, otherwise a list for orjson."""
+    ids = prediction.request_ids
+    if type(ids) is IdSpans:
+        return orjson.Fragment(ids.json_array(prediction.order))
+    return take(ids, prediction.order)
 
 
 class PredictionResource:
@@ -138,13 +152,20 @@ class PredictionResource:
         self.max_body_bytes = max_body_bytes
 
     def on_post(self, req, resp):
-        doc = read_json_body(req, self.max_body_bytes)
-        request = parse_prediction_request(doc, self.max_items)
+        raw = read_json_body(req, self.max_body_bytes)
+        # Most bodies take the compiled parser, which makes no str per id;
+        # anything it does not take (and every invalid body) goes through
+        # orjson and the general validation.
+        fields = parse_predict_body(raw)
+        if fields is not None:
+            request = request_from_fields(fields, self.max_items)
+        else:
+            request = parse_prediction_request(decode_json(raw), self.max_items)
         prediction = self.service.predict(request)
         resp.data = orjson.dumps(
             {
                 "model": prediction.model,
-                "item_ids": prediction.item_ids,
+                "item_ids": ranked_ids_json(prediction),
                 "scores": prediction.scores,
                 "seed": prediction.seed,
                 "missing": prediction.missing,

@@ -32,6 +32,8 @@ from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, strtod
 from libc.string cimport memchr, memcmp, memcpy
 
+from mab._wire cimport IdSpans
+
 cnp.import_array()
 
 cdef extern from "Python.h":
@@ -43,12 +45,13 @@ cdef extern from *:
     """
     void prefetch "MAB_PREFETCH"(const void *p) noexcept nogil
 
-# Ids looked up together: their memory accesses are issued as prefetches
-# first and used after, so the cache misses of a batch overlap instead of
-# queueing one after another. A request's ids land in random places of
-# tables larger than the caches, so misses, not hashing, dominate a lookup.
+# How many ids ahead the lookup pipeline prefetches (see IdIndex.find), and
+# the size of its ring buffers (a power of two > 3 * AHEAD). A request's ids
+# land in random places of tables larger than the caches, so misses, not
+# hashing, dominate a lookup; they must overlap instead of queueing.
 cdef enum:
-    BATCH = 16
+    AHEAD = 8
+    RING = 32
 # How far ahead `gather` prefetches the features of upcoming rows.
 cdef enum:
     GATHER_AHEAD = 8
@@ -346,86 +349,110 @@ cdef class IdIndex:
                     return row
             i = (i + 1) & self.mask
 
-    def find(self, list ids, bytes prefix=b"", bytes suffix=b""):
-        """Rows of ``prefix + id + suffix`` for every id in the list.
+    def find(self, ids, bytes prefix=b"", bytes suffix=b""):
+        """Rows of ``prefix + id + suffix`` for every id of ``ids``, a list
+        of str or an ``IdSpans`` (ids read in place from a request body).
 
         Returns ``(rows, missing)``: an int64 array in which ids that are not
         in the index get ``n_rows`` (the zero row of the feature matrix),
         and how many such ids there were. Raises ``TypeError`` for an
         element that is not a ``str``.
+
+        A software pipeline: in step i, id i is hashed and its slot
+        prefetched, id i - AHEAD reads its slot and prefetches its record,
+        id i - 2 AHEAD reads its record and prefetches its bytes, and id
+        i - 3 AHEAD is confirmed. Each load was asked for AHEAD steps before
+        it is used, so the misses of many ids are in flight at once.
         """
-        cdef Py_ssize_t n = PyList_GET_SIZE(ids)
+        cdef IdSpans spans = None
+        cdef list id_list = None
+        cdef Py_ssize_t n
+        if type(ids) is IdSpans:
+            spans = <IdSpans>ids
+            n = spans.n
+        elif type(ids) is list:
+            id_list = <list>ids
+            n = PyList_GET_SIZE(id_list)
+        else:
+            raise TypeError(f"ids must be a list or IdSpans, not {type(ids).__name__}")
         cdef cnp.ndarray rows_arr = cnp.PyArray_EMPTY(1, [n], cnp.NPY_INT64, 0)
         cdef int64_t *rows = <int64_t *>cnp.PyArray_DATA(rows_arr)
         cdef Py_ssize_t p_len = len(prefix), s_len = len(suffix)
         cdef Py_ssize_t limit = self.max_id_bytes
         cdef bint assemble = p_len > 0 or s_len > 0
-        cdef const uint8_t *keys[BATCH]
-        cdef Py_ssize_t lengths[BATCH]
-        cdef uint64_t hashes[BATCH]
-        cdef Py_ssize_t candidates[BATCH]
-        cdef Py_ssize_t base, m, j, length, row, missing = 0
+        # Ring buffers over the ids in flight (RING > 3 * AHEAD).
+        cdef const uint8_t *keys[RING]
+        cdef Py_ssize_t lengths[RING]
+        cdef uint64_t hashes[RING]
+        cdef Py_ssize_t candidates[RING]
+        cdef Py_ssize_t i, j, length, row, missing = 0
         cdef uint64_t slot
         cdef const char *text
         cdef object item
-        # With a prefix or suffix, each key of a batch is assembled in its
-        # own slice of one buffer; a key longer than the longest stored id
+        # With a prefix or suffix, each key in flight is assembled in its own
+        # slice of one buffer; a key longer than the longest stored id
         # cannot match and is never assembled.
         cdef uint8_t *scratch = NULL
         if assemble:
-            scratch = <uint8_t *>malloc(BATCH * (limit + 1))
+            scratch = <uint8_t *>malloc(RING * (limit + 1))
             if scratch == NULL:
                 raise MemoryError()
         try:
-            for base in range(0, n, BATCH):
-                m = min(BATCH, n - base)
-                # 1. Hash every key of the batch; prefetch its first slot.
-                for j in range(m):
-                    item = <object>PyList_GET_ITEM(ids, base + j)
-                    if not PyUnicode_Check(item):
-                        raise TypeError(f"item {base + j} is {type(item).__name__}, not str")
-                    text = PyUnicode_AsUTF8AndSize(item, &length)
+            for i in range(n + 3 * AHEAD):
+                # 1. Hash id i; prefetch its first slot.
+                if i < n:
+                    j = i & (RING - 1)
+                    if spans is not None:
+                        text = spans.data + spans.starts[i]
+                        length = spans.lengths[i]
+                    else:
+                        item = <object>PyList_GET_ITEM(id_list, i)
+                        if not PyUnicode_Check(item):
+                            raise TypeError(f"item {i} is {type(item).__name__}, not str")
+                        text = PyUnicode_AsUTF8AndSize(item, &length)
                     length += p_len + s_len
                     if length > limit:
                         lengths[j] = -1
-                        continue
-                    if assemble:
-                        keys[j] = scratch + j * (limit + 1)
-                        memcpy(<void *>keys[j], <char *>prefix, p_len)
-                        memcpy(<void *>(keys[j] + p_len), text, length - p_len - s_len)
-                        memcpy(<void *>(keys[j] + length - s_len), <char *>suffix, s_len)
                     else:
-                        keys[j] = <const uint8_t *>text
-                    lengths[j] = length
-                    hashes[j] = hash_bytes(keys[j], length)
-                    prefetch(&self.slots[hashes[j] & self.mask])
-                # 2. Read the first slots; prefetch the candidates' offsets.
-                for j in range(m):
+                        if assemble:
+                            keys[j] = scratch + j * (limit + 1)
+                            memcpy(<void *>keys[j], <char *>prefix, p_len)
+                            memcpy(<void *>(keys[j] + p_len), text, length - p_len - s_len)
+                            memcpy(<void *>(keys[j] + length - s_len), <char *>suffix, s_len)
+                        else:
+                            keys[j] = <const uint8_t *>text
+                        lengths[j] = length
+                        hashes[j] = hash_bytes(keys[j], length)
+                        prefetch(&self.slots[hashes[j] & self.mask])
+                # 2. Id i - AHEAD: read its first slot; prefetch the candidate's record.
+                if AHEAD <= i < n + AHEAD:
+                    j = (i - AHEAD) & (RING - 1)
                     candidates[j] = -1
-                    if lengths[j] < 0:
-                        continue
-                    slot = self.slots[hashes[j] & self.mask]
-                    if slot == 0:
-                        lengths[j] = -1          # an empty first slot: definitely absent
-                    elif (slot >> 32) == (hashes[j] >> 32):
-                        candidates[j] = <Py_ssize_t>(slot & 0xFFFFFFFFULL) - 1
-                        prefetch(self.records + candidates[j] * self.stride)
-                # 3. Prefetch the candidates' id bytes.
-                for j in range(m):
+                    if lengths[j] >= 0:
+                        slot = self.slots[hashes[j] & self.mask]
+                        if slot == 0:
+                            lengths[j] = -1          # an empty first slot: definitely absent
+                        elif (slot >> 32) == (hashes[j] >> 32):
+                            candidates[j] = <Py_ssize_t>(slot & 0xFFFFFFFFULL) - 1
+                            prefetch(self.records + candidates[j] * self.stride)
+                # 3. Id i - 2 AHEAD: prefetch the candidate's id bytes.
+                if 2 * AHEAD <= i < n + 2 * AHEAD:
+                    j = (i - 2 * AHEAD) & (RING - 1)
                     if candidates[j] >= 0:
                         prefetch(self.blob + self._id_offset(candidates[j]))
-                # 4. Confirm; anything unresolved takes the full probe.
-                for j in range(m):
+                # 4. Id i - 3 AHEAD: confirm; anything unresolved takes the full probe.
+                if i >= 3 * AHEAD:
+                    j = (i - 3 * AHEAD) & (RING - 1)
                     row = -1
                     if lengths[j] >= 0:
                         row = candidates[j]
                         if row < 0 or not self._is(row, keys[j], lengths[j]):
                             row = self._find(keys[j], lengths[j])
                     if row < 0:
-                        rows[base + j] = self.n_rows
+                        rows[i - 3 * AHEAD] = self.n_rows
                         missing += 1
                     else:
-                        rows[base + j] = row
+                        rows[i - 3 * AHEAD] = row
         finally:
             free(scratch)
         return rows_arr, missing
