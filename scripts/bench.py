@@ -574,7 +574,7 @@ def main(argv=None):
         for system in systems:
             system.wait_ready()
             if args.warmup > 0:
-                run_wrk(system, args, max(connections), args.warmup, bodies_path, script_path)
+                run_wrk(system, args, min(connections), args.warmup, bodies_path, script_path)
         paced = [float(f) for f in args.paced.split(",")] if args.paced else []
         total = args.rounds * (len(connections) + len(paced)) * len(systems)
         done = 0
