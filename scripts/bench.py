@@ -60,11 +60,14 @@ local bodies = {}
 for line in io.lines(os.getenv("MAB_BENCH_BODIES")) do bodies[#bodies + 1] = line end
 local headers = {["Content-Type"] = "application/json"}
 local i = 0
--- Paced steps: each connection waits this long after every response, which
--- caps the offered rate near connections / delay (wrk is closed-loop).
+-- Paced steps: after every response a connection waits a random time with
+-- this mean (exponentially distributed), so the connections together send
+-- requests at random instants, near connections / mean per second. Without
+-- the randomness the connections fall into step and arrive in bursts.
 local pause = tonumber(os.getenv("MAB_BENCH_DELAY_MS") or "0")
 if pause > 0 then
-  delay = function() return pause end
+  math.randomseed(tonumber(os.getenv("MAB_BENCH_SEED") or "1"))
+  delay = function() return -math.log(1 - math.random()) * pause end
 end
 request = function()
   i = i % #bodies + 1
@@ -397,9 +400,9 @@ def run_wrk(server, args, connections, duration, bodies_path, script_path, targe
     ]
     env = dict(os.environ, MAB_BENCH_BODIES=bodies_path)
     if target_rate:
-        # wrk's delay() is in whole milliseconds; many connections keep the
-        # rounding error small (128 at 4,000 req/s: 32 ms each, +-1.6%).
-        env["MAB_BENCH_DELAY_MS"] = str(max(1, round(connections / target_rate * 1000)))
+        # wrk truncates delay() to whole milliseconds; long means (many
+        # connections) keep that small.
+        env["MAB_BENCH_DELAY_MS"] = str(connections / target_rate * 1000)
     before = server.cpu_snapshot()
     started = time.monotonic()
     output = subprocess.run(command, env=env, capture_output=True, text=True, timeout=duration + 60)
@@ -534,7 +537,7 @@ def main(argv=None):
     parser.add_argument("--paced", default="", metavar="FRACTIONS",
                         help="also offer these fractions of each system's peak rate (e.g. 0.5,0.8) each round, "
                              "pacing each of --paced-connections connections")
-    parser.add_argument("--paced-connections", type=int, default=128)
+    parser.add_argument("--paced-connections", type=int, default=64)
     parser.add_argument("--ids", type=int, default=400, help="item_ids per request (default 400)")
     parser.add_argument("--items", type=int, default=100_000, help="items in the generated data set")
     parser.add_argument("--data", help="CSV to serve (default: generated, --items items)")
@@ -596,8 +599,15 @@ def main(argv=None):
                                and s.paced_fraction is None)
                     print(f"[{done}/{total}] round {round_no + 1}, {system.name}, paced at {fraction:.0%} of "
                           f"{peak:,.0f} req/s ...", file=sys.stderr, flush=True)
+                    # A short run first: responses take time too, so a connection
+                    # offers less than connections / mean; scale the target by
+                    # what that run served, then measure.
+                    target = fraction * peak
+                    trial = run_wrk(system, args, args.paced_connections, 3, bodies_path, script_path,
+                                    target_rate=target)
+                    target *= target / max(trial.requests_per_s, 1.0)
                     step = run_wrk(system, args, args.paced_connections, args.duration, bodies_path, script_path,
-                                   target_rate=fraction * peak)
+                                   target_rate=target)
                     step.achieved_fraction = step.requests_per_s / peak
                     step.round, step.paced_fraction = round_no, fraction
                     steps.append(step)
