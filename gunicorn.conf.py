@@ -27,8 +27,10 @@ backlog = int(os.environ.get("MAB_BACKLOG", "2048"))
 # worker_class: mab.worker.HttptoolsWorker, this project's gunicorn worker:
 #   an epoll loop over keep-alive connections, HTTP parsed by httptools.
 #   gunicorn's stock workers parse HTTP in pure Python, which cost more than
-#   the whole application; measured with scripts/bench.py (server pinned to
-#   one core, 400-id requests, docs/benchmarks.md): WORKER_FIGURES.
+#   the whole application. Measured with scripts/bench.py (one worker pinned
+#   to one core, 400-id requests, 32 connections, docs/benchmarks.md): 171 us
+#   of server CPU per request, against 356 us with gunicorn 27's gthread
+#   worker and 431 us with its sync worker (5,828, 2,803 and 2,139 req/s).
 #   gthread remains a fallback (MAB_WORKER_CLASS=gthread), for TLS say.
 #
 # threads: requests run inline in the worker's loop when every store is in

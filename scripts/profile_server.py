@@ -34,8 +34,11 @@ from bench import CLK_TCK, WRK_SCRIPT, cpu_ticks, ensure_wrk, free_port, python,
 # (stage, predicate over the frames of one sample, outermost first). Order
 # matters: the first match wins, so narrow stages come before broad ones.
 STAGES = [
-    ("JSON decode", lambda f: any("read_json_body" in x and "orjson" in x for x in f) or any(x.startswith("read_json_body") and "loads" in x for x in f)),
-    ("request validation", lambda f: any(x.startswith("parse_prediction_request") for x in f)),
+    ("body parsing (mab._wire, compiled)", lambda f: any(x.startswith("PredictionResource.on_post") and "parse_predict_body" in x for x in f)
+        or any(x.startswith("request_from_fields") for x in f)),
+    ("JSON encode", lambda f: any(x.startswith("ranked_ids_json") for x in f)),
+    ("JSON decode (orjson, bodies the compiled parser declines)", lambda f: any(x.startswith("decode_json") for x in f)),
+    ("request validation (general path)", lambda f: any(x.startswith("parse_prediction_request") for x in f)),
     ("feature lookup", lambda f: any(x.startswith(("Store.fetch", "IdIndex", "gather")) for x in f)),
     ("Beta parameters", lambda f: any(x.startswith("BetaModel.parameters") for x in f)),
     ("sampling", lambda f: any(x.startswith(("sample_beta", "numpy_sample_beta")) for x in f)
@@ -43,7 +46,7 @@ STAGES = [
     ("ranking", lambda f: any(x.startswith(("rank ", "rank(", "take")) for x in f)),
     ("prediction, other", lambda f: any(x.startswith("PredictionService.predict") for x in f)),
     ("JSON encode", lambda f: any(x.startswith("PredictionResource.on_post") and "dumps" in x for x in f)),
-    ("resource, other (body read, headers)", lambda f: any(x.startswith(("PredictionResource.on_post", "read_json_body")) for x in f)),
+    ("resource, other (body read, content type and length, headers)", lambda f: any(x.startswith(("PredictionResource.on_post", "read_json_body")) for x in f)),
     ("Falcon (routing, request and response objects)", lambda f: any(x.startswith("App.__call__") for x in f)),
     ("worker: HTTP parsing (httptools + callbacks)", lambda f: any(x.startswith(("Connection.on_", "Request.__init__")) for x in f)
         or any(x.startswith("HttptoolsWorker.readable") and "feed_data" in x for x in f)),
