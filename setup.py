@@ -88,36 +88,23 @@ def build_extensions():
         warnings.warn(message, stacklevel=1)
         flags = []
     macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
+
+    def extension(name, openmp=()):
+        return Extension(
+            name,
+            [name.replace(".", "/") + ".pyx"],
+            include_dirs=[np.get_include()],
+            define_macros=macros,
+            extra_compile_args=EXTRA_COMPILE_ARGS + list(openmp),
+            extra_link_args=list(openmp),
+        )
+
+    # Only the sampler runs OpenMP regions.
     extensions = [
-        Extension(
-            "mab.sampling",
-            ["mab/sampling.pyx"],
-            include_dirs=[np.get_include()],
-            define_macros=macros,
-            extra_compile_args=EXTRA_COMPILE_ARGS + flags,
-            extra_link_args=flags,
-        ),
-        Extension(
-            "mab._lists",
-            ["mab/_lists.pyx"],
-            include_dirs=[np.get_include()],
-            define_macros=macros,
-            extra_compile_args=EXTRA_COMPILE_ARGS,
-        ),
-        Extension(
-            "mab._wire",
-            ["mab/_wire.pyx"],
-            include_dirs=[np.get_include()],
-            define_macros=macros,
-            extra_compile_args=EXTRA_COMPILE_ARGS,
-        ),
-        Extension(
-            "mab.stores._table",
-            ["mab/stores/_table.pyx"],
-            include_dirs=[np.get_include()],
-            define_macros=macros,
-            extra_compile_args=EXTRA_COMPILE_ARGS,
-        ),
+        extension("mab.sampling", openmp=flags),
+        extension("mab._lists"),
+        extension("mab._wire"),
+        extension("mab.stores._table"),
     ]
     return cythonize(
         extensions,

@@ -73,6 +73,17 @@ def _as_int(value):
     return None
 
 
+def _optional_int(doc, name):
+    """The integer field `name` of the body, None if absent or null."""
+    value = doc.get(name)
+    if value is None:
+        return None
+    number = _as_int(value)
+    if number is None:
+        raise MalformedRequest(f"{name} must be an integer", code="wrong_type")
+    return number
+
+
 def _check_item_ids(item_ids, max_items):
     if item_ids is None:
         raise InvalidRequest("item_ids is required", code="missing_field")
@@ -116,11 +127,7 @@ def parse_prediction_request(doc, max_items):
     if user_id is not None and type(user_id) is not str:
         raise MalformedRequest("user_id must be a string", code="wrong_type")
 
-    top_k = doc.get("top_k")
-    if top_k is not None:
-        top_k = _as_int(top_k)
-        if top_k is None:
-            raise MalformedRequest("top_k must be an integer", code="wrong_type")
+    top_k = _optional_int(doc, "top_k")
     _check_top_k(top_k)
 
     model = doc.get("model")
@@ -129,11 +136,7 @@ def parse_prediction_request(doc, max_items):
     elif type(model) is not str:
         raise MalformedRequest("model must be a string", code="wrong_type")
 
-    seed = doc.get("seed")
-    if seed is not None:
-        seed = _as_int(seed)
-        if seed is None:
-            raise MalformedRequest("seed must be an integer", code="wrong_type")
+    seed = _optional_int(doc, "seed")
     _check_seed(seed)
     return PredictionRequest(item_ids, user_id, top_k, model, seed)
 

@@ -100,6 +100,18 @@ def session_pids(sid):
     return pids
 
 
+def terminate(process, timeout=30):
+    """SIGTERM by PID, then SIGKILL to its process group if it does not exit."""
+    if process is None or process.poll() is not None:
+        return
+    os.kill(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 def cpu_ticks(pid, include_children=False):
     """utime + stime of one process (and of its reaped children), in ticks."""
     try:
@@ -160,12 +172,7 @@ class Server:
     def stop(self):
         if self.process is None or self.process.poll() is not None:
             return
-        os.kill(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        terminate(self.process)
         # Anything of the session still alive (an orphaned worker) goes too.
         for pid in session_pids(self.process.pid):
             try:
@@ -256,13 +263,7 @@ class StandIn:
             time.sleep(0.1)
 
     def stop(self):
-        if self.process is not None and self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        terminate(self.process)
         if self.log:
             self.log.close()
 

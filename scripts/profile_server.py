@@ -20,7 +20,6 @@ Needs py-spy (pip install -e '.[bench]') and wrk.
 import argparse
 import json
 import os
-import random
 import subprocess
 import sys
 import tempfile

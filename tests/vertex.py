@@ -3,7 +3,6 @@ run as a process of its own (started here, stopped by PID)."""
 
 import os
 import selectors
-import signal
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ import tomllib
 from mab.config import config_from_document
 from mab.stores import create_store
 from mab.testing.vertex_standin import SERVING_LINE
+from tests.serving import terminate
 
 FEATURES = ("successes", "failures")
 BACKENDS = ("vertex-legacy", "vertex")
@@ -83,13 +83,7 @@ class StandInProcess:
     def stop(self):
         if self.process is None or self.log.closed:
             return None if self.process is None else self.process.returncode
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        terminate(self.process)
         self.process.stdout.close()
         self.log.close()
         return self.process.returncode
