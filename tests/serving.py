@@ -80,6 +80,13 @@ class Server:
             time.sleep(0.1)
         raise AssertionError(f"not ready after {timeout}s:\n{self.output()}")
 
+    def wait_for_workers(self, count, timeout=30):
+        """The worker PIDs once there are `count` (gunicorn forks them one by one)."""
+        deadline = time.monotonic() + timeout
+        while len(pids := self.worker_pids()) != count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return pids
+
     def worker_pids(self):
         out = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True).stdout
         return {int(pid) for pid in out.split()}

@@ -34,7 +34,7 @@ def server(tmp_path, data_csv):
 
 def test_two_workers_serve_predictions(server):
     server.wait_ready()
-    assert len(server.worker_pids()) == 2
+    assert len(server.wait_for_workers(2)) == 2
     ids = [f"item-{i:06d}" for i in range(0, N_ITEMS, 5)] + ["not-in-the-data"]
     answers = {}
     for _ in range(200):       # new connection each time: the kernel spreads them
@@ -86,7 +86,7 @@ def test_logs_go_to_stdout_without_access_lines(server):
 
 def test_stops_cleanly_by_pid(server):
     server.wait_ready()
-    workers = server.worker_pids()
+    workers = server.wait_for_workers(2)
     assert server.stop() == 0
     time.sleep(0.2)
     assert not any(os.path.exists(f"/proc/{pid}") for pid in workers)

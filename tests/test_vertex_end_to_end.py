@@ -68,7 +68,7 @@ def test_gunicorn_serves_from_the_standin_and_degrades_without_it(tmp_path, data
     try:
         server.start()
         server.wait_ready()
-        assert len(server.worker_pids()) == 2
+        assert len(server.wait_for_workers(2)) == 2
         status, _, ready = server.request("GET", "/ready")
         stores = orjson.loads(ready)["stores"]
         assert stores["default"]["backend"] == "vertex-legacy" and stores["view"]["backend"] == "vertex"

@@ -290,7 +290,7 @@ def test_graceful_stop_finishes_requests_in_flight(tmp_path, data_csv):
 def test_reload_replaces_workers(tmp_path, data_csv):
     server = start(tmp_path, data_csv, WEB_CONCURRENCY="2")
     try:
-        before = server.worker_pids()
+        before = server.wait_for_workers(2)
         os.kill(server.process.pid, signal.SIGHUP)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
