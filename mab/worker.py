@@ -151,7 +151,6 @@ class Connection:
         self.head_bytes = 0
         self.body = []
         self.body_bytes = 0
-        self.expect_continue = False
 
     # -- httptools callbacks ------------------------------------------------------
 
@@ -459,7 +458,7 @@ class HttptoolsWorker(base.Worker):
 
     def _refuse(self, conn, error):
         """Answer a protocol error and close once it is sent."""
-        if error.status >= 500 or error.status in (408,):
+        if error.status >= 500 or error.status == 408:
             self.log.info("closing %s: %s", conn.addr, error.message)
         conn.pending.clear()
         conn.out += error_response(error.status, error.code, error.message)
