@@ -135,8 +135,9 @@ def post_fork(server, worker):
 def post_worker_init(worker):
     """Take connections only once the app can answer them. Otherwise a worker
     recycled by max_requests would answer 503 (not ready) while it maps its
-    stores. Bounded well inside the heartbeat timeout; if loading fails or
-    takes longer, the worker serves and /ready tells why."""
+    stores. Bounded well inside the heartbeat timeout (worker.timeout is half
+    of `timeout`, so this waits a sixth of it); if loading fails or takes
+    longer, the worker serves and /ready tells why."""
     service = getattr(worker.wsgi, "service", None)
     if service is not None and not service.wait_until_ready(worker.timeout / 3):
         worker.log.warning("not ready after %.0fs; serving anyway (/ready says why)", worker.timeout / 3)
