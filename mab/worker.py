@@ -314,7 +314,11 @@ class HttptoolsWorker(base.Worker):
     # -- connections ------------------------------------------------------------------
 
     def accept(self, listener, mask):
-        while len(self.connections) < self.max_connections:
+        # One connection per wake-up: the listener is shared by all workers,
+        # and a worker that accepted every waiting connection at once would
+        # keep long-lived keep-alive connections (a load balancer's) to itself
+        # while its siblings idle. Level-triggered epoll calls again if more wait.
+        if len(self.connections) < self.max_connections:
             try:
                 sock, addr = listener.accept()
             except (BlockingIOError, InterruptedError):

@@ -455,6 +455,12 @@ def summarize(steps, systems, connections, paced=(), paced_connections=None):
                 **{k: med(k) for k in ("requests_per_s", "predictions_per_s", "p50_ms", "p90_ms", "p99_ms",
                                         "max_ms", "cpu_utilisation", "cpu_us_per_request", "achieved_fraction")},
                 "errors": sum(s.errors for s in mine), "non_2xx": sum(s.non_2xx for s in mine),
+                # Median per worker over the rounds (a worker recycled mid-run has fewer).
+                "cpu_us_per_request_by_worker": {
+                    pid: statistics.median(s.cpu_us_per_request_by_worker[pid] for s in mine
+                                           if pid in s.cpu_us_per_request_by_worker)
+                    for pid in dict.fromkeys(p for s in mine for p in s.cpu_us_per_request_by_worker)
+                },
             }
             if base is None:
                 base = mine
@@ -475,6 +481,18 @@ def summarize(steps, systems, connections, paced=(), paced_connections=None):
 
 def fmt(value, spec):
     return "-" if value is None else format(value, spec)
+
+
+def print_workers(rows):
+    """CPU per request of each worker, where a system has more than one."""
+    lines = [
+        f"- {r['system']}, {r['connections']} connections: "
+        + ", ".join(f"worker {pid}: {us:.0f} us" for pid, us in r["cpu_us_per_request_by_worker"].items())
+        for r in rows if len(r["cpu_us_per_request_by_worker"]) > 1
+    ]
+    if lines:
+        print("\nServer CPU per request (of all requests) by worker:")
+        print("\n".join(lines))
 
 
 def print_table(rows, first):
@@ -627,6 +645,7 @@ def main(argv=None):
              f"wrk on cores {args.load_cores}; medians of {args.rounds} rounds of {args.duration:g}s")
     print("\n" + title)
     print_table(rows, names[0])
+    print_workers(rows)
     out = args.out or os.path.join(ROOT, "bench-results", f"bench-{stamp}.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
