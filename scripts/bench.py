@@ -50,6 +50,8 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
 
+from mab.testing.processes import free_port, terminate
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -98,18 +100,6 @@ def session_pids(sid):
             if int(fields[3]) == sid:       # field 6 of stat: session id
                 pids.append(int(entry))
     return pids
-
-
-def terminate(process, timeout=30):
-    """SIGTERM by PID, then SIGKILL to its process group if it does not exit."""
-    if process is None or process.poll() is not None:
-        return
-    os.kill(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
 
 
 def cpu_ticks(pid, include_children=False):
@@ -205,14 +195,6 @@ class External:
 
     def stop(self):
         pass
-
-
-def free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def python():

@@ -2,33 +2,15 @@
 
 import http.client
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 
 import orjson
 
+from mab.testing.processes import free_port, terminate  # noqa: F401 (re-exported to other tests)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def terminate(process, timeout=30):
-    """SIGTERM by PID, then SIGKILL to its process group if it does not exit."""
-    if process is None or process.poll() is not None:
-        return
-    os.kill(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
