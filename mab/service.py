@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import mab
-from mab import _lists, sampling
+from mab import _lists, _wire, sampling
 from mab.errors import (
     InvalidRequest,
     MalformedRequest,
@@ -25,7 +25,7 @@ from mab.model import BetaModel
 
 log = logging.getLogger(__name__)
 
-REQUEST_FIELDS = frozenset({"item_ids", "user_id", "top_k", "model", "seed"})
+REQUEST_FIELDS = frozenset(_wire.FIELDS)
 MAX_SEED = 2**64 - 1
 
 

@@ -25,7 +25,6 @@ from mab.errors import (
     UnknownModel,
 )
 from mab.sampling import sample_beta
-from mab._lists import take
 from mab._wire import IdSpans, parse_predict_body
 from mab.service import PredictionService, parse_prediction_request, request_from_fields
 from mab.stores import create_store
@@ -140,7 +139,7 @@ def ranked_ids_json(prediction):
     ids = prediction.request_ids
     if type(ids) is IdSpans:
         return orjson.Fragment(ids.json_array(prediction.order))
-    return take(ids, prediction.order)
+    return prediction.item_ids
 
 
 class PredictionResource:

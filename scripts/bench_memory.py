@@ -20,7 +20,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
-from bench import free_port, python, session_pids  # noqa: E402
+from bench import free_port, python, session_pids, terminate  # noqa: E402
 
 
 def smaps_kib(pid):
@@ -116,12 +115,7 @@ def measure(n_items, args, work_dir):
             "processes": processes,
         }
     finally:
-        os.kill(server.pid, signal.SIGTERM)
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        terminate(server, timeout=60)
         log.close()
 
 

@@ -33,7 +33,6 @@ import cProfile
 import os
 import pstats
 import selectors
-import signal
 import subprocess
 import sys
 import tempfile
@@ -54,6 +53,7 @@ from google.cloud.aiplatform_v1.services.featurestore_online_serving_service.tra
 
 from mab.config import config_from_document  # noqa: E402
 from mab.stores import create_store  # noqa: E402
+from mab.testing.processes import terminate  # noqa: E402
 from mab.testing.vertex_standin import SERVING_LINE  # noqa: E402
 
 FEATURES = ("successes", "failures")
@@ -76,23 +76,13 @@ def start_standin(data):
         selector.register(process.stdout, selectors.EVENT_READ)
         while not printed.endswith(SERVING_LINE.encode() + b"\n"):
             if not selector.select(60):
-                stop(process)
+                terminate(process)
                 sys.exit("the stand-in did not start within 60 s")
             chunk = os.read(process.stdout.fileno(), 65536)
             if not chunk:
                 sys.exit(f"the stand-in exited with {process.wait()}")
             printed += chunk
     return process, tomllib.loads(printed.decode())["stores"]["default"]
-
-
-def stop(process):
-    if process.poll() is None:
-        os.kill(process.pid, signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def measure(name, calls, entities_per_call, fn):
@@ -162,7 +152,7 @@ def main():
         run(args, endpoint)
     finally:
         if standin is not None:
-            stop(standin)
+            terminate(standin)
         scratch.cleanup()
 
 
