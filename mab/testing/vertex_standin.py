@@ -38,8 +38,8 @@ INVALID_ARGUMENT, as the real service's limit of 100 does) and ``error_keys``
 status). Two knobs shape streaming fetches: ``keys_per_message`` (keys per
 response message; 0, the default, answers each request message with one
 response message, 1 is the worst case) and ``shuffle`` (answer the keys out
-of order). With ``latency`` a streaming fetch waits that long before
-answering each request message. Every call is recorded in ``calls`` with the
+of order). In a streaming fetch the fault knobs act on each request
+message (``fail_next`` counts messages, and aborts the stream). Every call is recorded in ``calls`` with the
 number of entity ids it carried (a streaming fetch: one record per request
 message, as ``StreamingFetchFeatureValues``); ``streams`` counts the
 streaming fetch calls opened; ``max_in_flight`` is the most calls served at
@@ -302,20 +302,25 @@ class VertexStandIn:
                 self.in_flight -= 1
 
     async def _faults(self, context):
-        if self.latency > 0:
-            await asyncio.sleep(self.latency)
-        await self._call_faults(context)
+        fault = await self._fault()
+        if fault is not None:
+            await context.abort(*fault)
 
-    async def _call_faults(self, context):
+    async def _fault(self):
+        """Wait the latency, then: None, or the (code, message) to abort
+        with; never returns while ``hang`` is set (until cancelled)."""
         with self._lock:
             fail = self.fail_next > 0
             if fail:
                 self.fail_next -= 1
+        if self.latency > 0:
+            await asyncio.sleep(self.latency)
         if fail:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "stand-in: injected failure")
+            return grpc.StatusCode.UNAVAILABLE, "stand-in: injected failure"
         if self.hang:
             # Until the client's deadline (or the server's stop) cancels the call.
             await asyncio.Event().wait()
+        return None
 
     async def _legacy_features(self, entity_type, selector, ids, context):
         """The requested feature ids, in order, or abort the call."""
@@ -440,54 +445,89 @@ class VertexStandIn:
 
 
     async def _streaming_fetch(self, request_iterator, context):
-        """Answers each request message's keys in ``data[]`` batches."""
+        """Answers each request message's keys in ``data[]`` batches.
+
+        Request messages are answered concurrently, each in a task of its
+        own (their latencies overlap, as on a real service, which may answer
+        out of order), and the answers leave through one queue.
+        """
         with self._lock:
             self.streams += 1
-            break_after, self.break_stream_after = self.break_stream_after, None
-        sent = 0
-        # Faults that concern the call (fail, hang) act once, at its start.
-        await self._call_faults(context)
-        async for request in request_iterator:
-            keys = []
-            for data_key in request.data_keys:
-                if data_key.WhichOneof("key_oneof") != "key":
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "stand-in: only simple data keys are served")
-                keys.append(data_key.key)
-            with self._tracking("StreamingFetchFeatureValues", len(keys)):
-                if not keys:
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "data_keys must not be empty.")
-                if len(keys) > self.max_ids:
-                    await context.abort(
-                        grpc.StatusCode.INVALID_ARGUMENT,
-                        f"At most {self.max_ids} data keys may be read in one request; got {len(keys)}.",
-                    )
-                if self.latency > 0:
-                    await asyncio.sleep(self.latency)
-                if request.feature_view != self.feature_view_name:
-                    # Like FetchFeatureValues: the whole call fails.
-                    await context.abort(grpc.StatusCode.NOT_FOUND, NOT_FOUND_MESSAGE)
+        answers = asyncio.Queue()
+        state = {"sent": 0, "break_after": None}
+
+        async def read_requests():
+            tasks = []
+            async for request in request_iterator:
+                tasks.append(asyncio.ensure_future(self._answer_request(request, state, answers)))
+            await asyncio.gather(*tasks)
+            await answers.put(None)
+
+        reader = asyncio.ensure_future(read_requests())
+        try:
+            while True:
+                answer = await answers.get()
+                if answer is None:
+                    return
+                if type(answer) is tuple:
+                    await context.abort(*answer)
+                yield answer
+        finally:
+            reader.cancel()
+
+    async def _answer_request(self, request, state, answers):
+        """Put one request message's answers (bytes) on ``answers``, or a
+        (code, message) tuple that aborts the stream."""
+        keys = []
+        for data_key in request.data_keys:
+            if data_key.WhichOneof("key_oneof") != "key":
+                await answers.put((grpc.StatusCode.INVALID_ARGUMENT, "stand-in: only simple data keys are served"))
+                return
+            keys.append(data_key.key)
+        with self._tracking("StreamingFetchFeatureValues", len(keys)):
+            if not keys:
+                await answers.put((grpc.StatusCode.INVALID_ARGUMENT, "data_keys must not be empty."))
+                return
+            if len(keys) > self.max_ids:
+                await answers.put((
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"At most {self.max_ids} data keys may be read in one request; got {len(keys)}.",
+                ))
+                return
+            # The fault knobs act per request message: a stream may be long-lived.
+            fault = await self._fault()
+            if fault is None and request.feature_view != self.feature_view_name:
+                fault = grpc.StatusCode.NOT_FOUND, NOT_FOUND_MESSAGE   # like FetchFeatureValues: the call fails
+            if fault is not None:
+                await answers.put(fault)
+                return
+            with self._lock:
                 if self.shuffle:
-                    with self._lock:
-                        self._random.shuffle(keys)
-                errors = [key for key in keys if key in self.error_keys]
-                answered = [key for key in keys if key not in self.error_keys]
-                size = self.keys_per_message or len(answered) or 1
-                for start in range(0, len(answered), size):
-                    batch = answered[start : start + size]
-                    if break_after is not None and sent + len(batch) > break_after:
-                        batch = batch[: break_after - sent]
-                        if batch:
-                            yield self._streaming_answer(batch, request.data_format)
-                        await context.abort(grpc.StatusCode.UNAVAILABLE, "stand-in: injected failure mid-stream")
-                    sent += len(batch)
-                    yield self._streaming_answer(batch, request.data_format)
-                if errors:
-                    response = StreamingFetchResponse()
-                    response.status.code = RPC_CODE_INTERNAL
-                    response.status.message = "stand-in: injected error for these keys"
-                    for key in errors:
-                        response.data_keys_with_error.add(key=key)
-                    yield response.SerializeToString()
+                    self._random.shuffle(keys)
+                if state["break_after"] is None and self.break_stream_after is not None:
+                    state["break_after"] = state["sent"] + self.break_stream_after
+                    self.break_stream_after = None
+            errors = [key for key in keys if key in self.error_keys]
+            answered = [key for key in keys if key not in self.error_keys]
+            size = self.keys_per_message or len(answered) or 1
+            for start in range(0, len(answered), size):
+                batch = answered[start : start + size]
+                break_after = state["break_after"]
+                if break_after is not None and state["sent"] + len(batch) > break_after:
+                    batch = batch[: break_after - state["sent"]]
+                    if batch:
+                        await answers.put(self._streaming_answer(batch, request.data_format))
+                    await answers.put((grpc.StatusCode.UNAVAILABLE, "stand-in: injected failure mid-stream"))
+                    return
+                state["sent"] += len(batch)
+                await answers.put(self._streaming_answer(batch, request.data_format))
+            if errors:
+                response = StreamingFetchResponse()
+                response.status.code = RPC_CODE_INTERNAL
+                response.status.message = "stand-in: injected error for these keys"
+                for key in errors:
+                    response.data_keys_with_error.add(key=key)
+                await answers.put(response.SerializeToString())
 
     def _streaming_answer(self, keys, data_format):
         """One StreamingFetchFeatureValuesResponse, serialized, for these keys.

@@ -52,6 +52,8 @@ def drop_none(table):
         ("vertex", {"feature_view": "a/b"}, "stores.default.feature_view must be a non-empty id"),
         ("vertex", {"chunk_size": 101}, "stores.default.chunk_size must be >= 1 and <= 100"),
         ("vertex", {"chunk_size": 2.5}, "stores.default.chunk_size must be an integer"),
+        ("vertex", {"deadline_ms": 10**400}, "stores.default.deadline_ms must be a number"),
+        ("vertex", {"read_api": "batch"}, "stores.default.read_api must be one of 'streaming', 'fetch'"),
         ("vertex", {"pool_size": 0}, "stores.default.pool_size must be >= 1"),
         ("vertex", {"deadline_ms": 0}, "stores.default.deadline_ms must be > 0"),
         ("vertex", {"deadline_ms": 100, "attempt_timeout_ms": 150}, "attempt_timeout_ms must be > 0 and <= 100"),
@@ -204,9 +206,9 @@ def test_transient_errors_are_retried_within_the_deadline(standin, stores, embed
     assert batch.failed == 0
     np.testing.assert_array_equal(batch.columns[1], embedded_store.fetch(ids, "", "", FEATURES).columns[1])
     # legacy: the one chunk's call failed twice, the third answered;
-    # vertex: the first two streams failed, the third answered its one request message;
+    # vertex: the first two streams failed at their one request message, the third answered;
     # vertex-fetch: two of ten keys failed, and only they were asked again.
-    assert len(standin.calls) == {"vertex-legacy": 3, "vertex": 1, "vertex-fetch": 12}[backend]
+    assert len(standin.calls) == {"vertex-legacy": 3, "vertex": 3, "vertex-fetch": 12}[backend]
     if backend == "vertex":
         assert standin.streams == 3
     assert store.describe()["fetches"]["retries"] >= 1

@@ -106,7 +106,7 @@ def test_staleness_bounds(standin, cached_store, backend):
 def test_missing_entities_have_their_own_ttl(standin, cached_store):
     store, clock = cached_store()
     assert store.fetch(["brand-new"], "", "", FEATURES).missing == 1
-    streams = standin.streams
+    calls = len(standin.calls)
     # Refreshed at the same fraction of its TTL as found entities: 0.5 s.
     clock.now += MISSING_TTL * REFRESH_AFTER / TTL - 0.001
     assert store.fetch(["brand-new"], "", "", FEATURES).missing == 1
@@ -117,7 +117,7 @@ def test_missing_entities_have_their_own_ttl(standin, cached_store):
     clock.now += MISSING_TTL
     batch = store.fetch(["brand-new"], "", "", FEATURES)
     assert batch.missing == 1 and cache_info(store)["expired"] == 1
-    assert standin.streams == streams + 2, "one refresh, then one fetch after the missing TTL"
+    assert len(standin.calls) == calls + 2, "one refresh, then one fetch after the missing TTL"
 
 
 def test_fifty_concurrent_requests_for_one_stale_key_make_one_fetch(standin, cached_store):
@@ -125,7 +125,7 @@ def test_fifty_concurrent_requests_for_one_stale_key_make_one_fetch(standin, cac
     store.fetch(["item-1"], "", "", FEATURES)
     clock.now += REFRESH_AFTER + 1
     standin.latency = 0.3   # the refresh stays in flight while the requests come
-    streams = standin.streams
+    calls = len(standin.calls)
     barrier = threading.Barrier(50)
     answers = []
 
@@ -140,7 +140,7 @@ def test_fifty_concurrent_requests_for_one_stale_key_make_one_fetch(standin, cac
         thread.join(30)
     assert answers == [90] * 50
     wait_for(lambda: cache_info(store)["refreshed"] == 1)
-    assert standin.streams == streams + 1, "one fetch for fifty stale hits"
+    assert len(standin.calls) == calls + 1, "one fetch for fifty stale hits"
     info = cache_info(store)
     assert info["stale_served"] == 50 and info["refresh_fetches"] == 1
 

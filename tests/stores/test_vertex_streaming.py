@@ -84,7 +84,7 @@ def test_a_hang_is_answered_within_the_deadline_and_50_ms(standin, stores):
     assert all(batch.failed == 300 and batch.missing == 0 for batch, _ in runs)
     best = min(elapsed for _, elapsed in runs)
     assert 0.2 <= best < 0.2 + 0.05, f"{best * 1000:.0f} ms"
-    assert standin.streams >= 2 * 3 + 1, "each run's first stream was cut at 100 ms and opened again"
+    assert standin.streams >= 2 * 3, "each run's first stream was cut at 100 ms and opened again"
 
 
 def test_the_request_deadline_bounds_the_fetch(standin, stores):
@@ -97,3 +97,33 @@ def test_the_request_deadline_bounds_the_fetch(standin, stores):
     batch = store.fetch(numbered(10), "", "", FEATURES, deadline=start + 0.15)
     assert batch.failed == 10
     assert time.monotonic() - start < 0.15 + 0.25
+
+
+def test_concurrent_requests_with_overlapping_keys(standin, stores, embedded_store):
+    """Sixteen threads, overlapping keys and duplicates, out-of-order answers
+    in small messages, and a stream broken in the middle: every answer is the
+    embedded store's."""
+    import random
+    import threading
+
+    store = stores(standin, "vertex", **RELAXED)
+    standin.keys_per_message = 7
+    standin.shuffle = True
+    rng = random.Random(3)
+    batches = [rng.sample(numbered(600), 150) + ["gone", "item-00001"] for _ in range(48)]
+    wanted = [embedded_store.fetch(ids, "", "", FEATURES) for ids in batches]
+    results = [None] * len(batches)
+    standin.break_stream_after = 100
+
+    def work(first):
+        for i in range(first, len(batches), 16):
+            results[i] = store.fetch(batches[i], "", "", FEATURES)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    for batch, want in zip(results, wanted):
+        assert_parity(batch, want)
+    assert store.describe()["fetches"]["retries"] >= 1, "the break was met, and retried"

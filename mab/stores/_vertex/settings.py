@@ -22,13 +22,20 @@ def pop_id(table, key, where, required):
     return value
 
 
+def _finite(number):
+    try:
+        return math.isfinite(number)
+    except OverflowError:   # an integer too large for a float (TOML allows any)
+        return False
+
+
 def pop_number(table, key, where, default, *, minimum, maximum=None, integer=False, above=False):
     if key not in table:
         return default
     value = table.pop(key)
     kinds = int if integer else (int, float)
     kind = "an integer" if integer else "a number"
-    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, kinds) or not _finite(value):
         raise ConfigError(f"{where}.{key} must be {kind}, got {value!r}")
     if (value <= minimum if above else value < minimum) or (maximum is not None and value > maximum):
         low = f"> {minimum}" if above else f">= {minimum}"

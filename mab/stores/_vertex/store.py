@@ -275,13 +275,17 @@ class VertexStore:
 
     def _batch(self, entity_ids, outcomes, n_features):
         rows = [outcomes.get(entity_id, FAILED) for entity_id in entity_ids]
-        zeros = (0.0,) * n_features
-        values = [row if type(row) is tuple else zeros for row in rows]
-        columns = tuple(np.array([row[j] for row in values], dtype=np.float64) for j in range(n_features))
-        failed_mask = np.fromiter((row is FAILED for row in rows), dtype=bool, count=len(rows))
-        failed = int(failed_mask.sum())
-        missing = sum(row is MISSING for row in rows)
-        return FeatureBatch(columns, missing, failed, failed_mask if failed else None)
+        # list.count compares by identity first: C loops, not Python ones.
+        missing, failed = rows.count(MISSING), rows.count(FAILED)
+        failed_mask = None
+        if missing or failed:
+            zeros = (0.0,) * n_features
+            if failed:
+                failed_mask = np.fromiter((row is FAILED for row in rows), dtype=bool, count=len(rows))
+            rows = [row if type(row) is tuple else zeros for row in rows]
+        matrix = np.array(rows, dtype=np.float64).reshape(len(rows), n_features)
+        columns = tuple(np.ascontiguousarray(matrix[:, j]) for j in range(n_features))
+        return FeatureBatch(columns, missing, failed, failed_mask)
 
     # -- values ----------------------------------------------------------------
 
@@ -325,8 +329,8 @@ class VertexStore:
             self._stats["retries"] += 1
 
     def _record(self, n_entities, calls, outcomes, errors):
-        failed = sum(outcome is FAILED for outcome in outcomes.values())
-        missing = sum(outcome is MISSING for outcome in outcomes.values())
+        values = list(outcomes.values())
+        failed, missing = values.count(FAILED), values.count(MISSING)
         with self._lock:
             stats = self._stats
             stats["requests"] += 1
@@ -337,7 +341,7 @@ class VertexStore:
             stats["failed"] += failed
             if errors:
                 self._last_error = errors[-1][:500]
-        if errors:
+        if failed and errors:   # per-entity failures (bad values, keys answered with errors) say so themselves
             self._warn(
                 "features of %d of %d entities could not be fetched from %s: %s",
                 failed, n_entities, self.resource, errors[-1][:500],
