@@ -69,6 +69,7 @@ import random
 import signal
 import sys
 import threading
+import time
 from dataclasses import dataclass
 
 import grpc
@@ -198,6 +199,7 @@ class VertexStandIn:
         self._random = random.Random(seed)
         self.streams = 0
         self.calls = []
+        self._arrivals = 0   # calls begun, ever: quiesce() watches it
         self.in_flight = 0
         self.max_in_flight = 0
         self._lock = threading.Lock()
@@ -229,6 +231,21 @@ class VertexStandIn:
             self.calls = []
             self.streams = 0
             self.max_in_flight = self.in_flight
+
+    def quiesce(self, quiet=0.1, timeout=5.0):
+        """Wait until no call is in flight and none has begun for ``quiet``
+        seconds (at most ``timeout``): after a test closes its clients, a call
+        they sent may still reach the server late on a busy machine, and must
+        not be counted as the next test's. Returns whether it got quiet."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                seen, busy = self._arrivals, self.in_flight
+            time.sleep(quiet)
+            with self._lock:
+                if not busy and not self.in_flight and self._arrivals == seen:
+                    return True
+        return False
 
     def ids_per_call(self, method=None):
         with self._lock:
@@ -290,8 +307,9 @@ class VertexStandIn:
         ]
 
     @contextlib.contextmanager
-    def _tracking(self, method, ids):
+    def _tracking(self, method, ids, context):
         with self._lock:
+            self._arrivals += 1
             self.calls.append(Call(method, ids))
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -383,7 +401,7 @@ class VertexStandIn:
 
     async def _streaming_read(self, request, context):
         ids = list(request.entity_ids)
-        with self._tracking("StreamingReadFeatureValues", len(ids)):
+        with self._tracking("StreamingReadFeatureValues", len(ids), context):
             features = await self._legacy_features(request.entity_type, request.feature_selector, ids, context)
             await self._faults(context)
             with self._lock:
@@ -396,7 +414,7 @@ class VertexStandIn:
 
     async def _read(self, request, context):
         ids = [request.entity_id]
-        with self._tracking("ReadFeatureValues", 1):
+        with self._tracking("ReadFeatureValues", 1, context):
             features = await self._legacy_features(request.entity_type, request.feature_selector, ids, context)
             await self._faults(context)
             response = self._legacy_header(features)
@@ -404,7 +422,7 @@ class VertexStandIn:
             return response.SerializeToString()
 
     async def _fetch(self, request, context):
-        with self._tracking("FetchFeatureValues", 1):
+        with self._tracking("FetchFeatureValues", 1, context):
             if request.data_key.WhichOneof("key_oneof") != "key":
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "stand-in: only simple data keys are served")
             await self._faults(context)
@@ -459,7 +477,7 @@ class VertexStandIn:
         async def read_requests():
             tasks = []
             async for request in request_iterator:
-                tasks.append(asyncio.ensure_future(self._answer_request(request, state, answers)))
+                tasks.append(asyncio.ensure_future(self._answer_request(request, state, answers, context)))
             await asyncio.gather(*tasks)
             await answers.put(None)
 
@@ -475,7 +493,7 @@ class VertexStandIn:
         finally:
             reader.cancel()
 
-    async def _answer_request(self, request, state, answers):
+    async def _answer_request(self, request, state, answers, context):
         """Put one request message's answers (bytes) on ``answers``, or a
         (code, message) tuple that aborts the stream."""
         keys = []
@@ -484,7 +502,7 @@ class VertexStandIn:
                 await answers.put((grpc.StatusCode.INVALID_ARGUMENT, "stand-in: only simple data keys are served"))
                 return
             keys.append(data_key.key)
-        with self._tracking("StreamingFetchFeatureValues", len(keys)):
+        with self._tracking("StreamingFetchFeatureValues", len(keys), context):
             if not keys:
                 await answers.put((grpc.StatusCode.INVALID_ARGUMENT, "data_keys must not be empty."))
                 return

@@ -50,16 +50,23 @@ def embedded_store(data_path, tmp_path_factory):
 def stores():
     """Opens stores on the module's stand-in (reset first) and closes them after the test."""
     opened = []
+    standins = set()
 
     def open_store(standin, backend, **settings):
         standin.reset()
         store = make_store(standin, backend, **settings)
         opened.append(store)
+        standins.add(standin)
         return store
 
     yield open_store
     for store in opened:
         store.close()
+    # A busy machine may deliver a call of these stores after they closed:
+    # it must not count as the next test's.
+    for standin in standins:
+        standin.reset()
+        assert standin.quiesce(), "the stand-in still receives calls from closed stores"
 
 
 def timed(fetch):

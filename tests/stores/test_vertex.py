@@ -187,12 +187,11 @@ def test_the_deadline_bounds_a_hang(standin, stores, backend):
     assert 0.15 <= elapsed < 0.2 + 0.3, f"{elapsed * 1000:.0f} ms"
     assert batch.failed == 150 and batch.missing == 0 and batch.failed_mask.all()
     assert all(not column.any() for column in batch.columns)
-    # The first attempt of each chunk (or the stream) timed out after 100 ms and was tried again.
-    if backend == "vertex":
-        assert standin.streams >= 2
-    else:
-        assert len(standin.calls) > (2 if backend == "vertex-legacy" else 150)
+    # The first attempt of each chunk (or the stream) timed out after 100 ms
+    # and was tried again. Counted by the client: on a busy machine not every
+    # call it started need have reached the stand-in by the deadline.
     fetches = store.describe()["fetches"]
+    assert fetches["calls"] > {"vertex-legacy": 2, "vertex": 1, "vertex-fetch": 150}[backend]
     assert fetches["retries"] >= 2 and fetches["failed"] == 150
     assert "Deadline" in fetches["last_error"] or "deadline" in fetches["last_error"]
 

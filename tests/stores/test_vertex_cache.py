@@ -48,6 +48,7 @@ def cached_store(standin):
     for store in opened:
         store.close()
     standin.reset()
+    assert standin.quiesce(), "the stand-in still receives calls from closed stores"
 
 
 def wait_for(condition, timeout=10.0):

@@ -58,7 +58,13 @@ DEADLINE_GRACE = 0.02
 MIN_ATTEMPT_SECONDS = 0.001
 # At most one warning per store this often; the rest are counted.
 WARNING_INTERVAL = 10.0
-CHANNEL_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", -1),
+    ("grpc.max_receive_message_length", -1),
+    # Retries are the store's, bounded by the request's deadline: gRPC's own
+    # (transparent) retries would make "retry = false" mean more than one call.
+    ("grpc.enable_retries", 0),
+]
 
 
 def timeout_until(end):
@@ -235,6 +241,7 @@ class VertexStore:
         errors = []
         calls = 0
         for chunk, future in zip(chunks, futures):
+            calls += chunk.calls   # so far: a chunk still running may add more, not counted
             if future in not_done:
                 # Still queued behind other requests' chunks, or still
                 # running: its ids fail. A running task's own timeouts end it
@@ -244,7 +251,6 @@ class VertexStore:
                 errors.append("no answer by the deadline")
                 continue
             future.result()   # re-raises a bug in the backend; the service's errors are in chunk.error
-            calls += chunk.calls
             outcomes.update(chunk.outcomes)
             pending = chunk.pending()
             if pending:
