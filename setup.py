@@ -104,6 +104,7 @@ def build_extensions():
         extension("mab.sampling", openmp=flags),
         extension("mab._lists"),
         extension("mab._wire"),
+        extension("mab.stores._csv"),
         extension("mab.stores._table"),
     ]
     return cythonize(
