@@ -103,9 +103,11 @@ def build_extensions():
     extensions = [
         extension("mab.sampling", openmp=flags),
         extension("mab._lists"),
+        extension("mab._ranking"),
         extension("mab._wire"),
         extension("mab.stores._csv"),
         extension("mab.stores._table"),
+        extension("mab.stores._cache"),
     ]
     return cythonize(
         extensions,

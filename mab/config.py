@@ -58,7 +58,6 @@ Without a ``[models]`` table there is one model, ``default``, on the store
 ``default`` is the embedded store on ``MAB_DATA``.
 """
 
-import math
 import os
 import string
 import tempfile
@@ -83,6 +82,11 @@ DEFAULT_MAX_ITEMS = 10_000
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 DEFAULT_MODEL = "default"
 DEFAULT_STORE = "default"
+#: Largest prior_alpha / prior_beta. The sampler takes every finite shape
+#: > 0 (subnormals included), and stores hold any finite count >= 0; a
+#: prior below 2**970 (half a unit in the last place of the largest double)
+#: keeps prior + count finite for every such count, so no shape is ever inf.
+MAX_PRIOR = 1e290
 
 
 def default_cache_dir():
@@ -161,7 +165,10 @@ def _take(table, key, kind, where, default):
         return default
     value = table.pop(key)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:       # tomllib reads integers of any size
+            raise ConfigError(f"{where}.{key} is too large, got {value}") from None
     if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
         raise ConfigError(f"{where}.{key} must be {kind.__name__}, got {value!r}")
     return value
@@ -199,8 +206,8 @@ def _parse_model(name, table):
     _reject_unknown(table, where)
     for key in ("prior_alpha", "prior_beta"):
         value = getattr(model, key)
-        if not (math.isfinite(value) and value > 0):
-            raise ConfigError(f"{where}.{key} must be finite and > 0, got {value!r}")
+        if not 0.0 < value <= MAX_PRIOR:
+            raise ConfigError(f"{where}.{key} must be > 0 and <= {MAX_PRIOR:g}, got {value!r}")
     for key in ("successes", "failures"):
         if not getattr(model, key):
             raise ConfigError(f"{where}.{key} must name a feature")

@@ -11,7 +11,9 @@ cdef struct Xoshiro256:
     uint64_t s[4]
 
 
-# Seed the generator for one chunk's stream: (seed, stream) -> state.
+# Seed the generator for one stream of a seed: (seed, stream) -> state.
+# sample_beta uses stream c for chunk c; mab._ranking breaks ties on
+# stream 2**64 - 1, so the scores never depend on the tie-breaking.
 cdef void xoshiro_seed(Xoshiro256 *rng, uint64_t seed, uint64_t stream) noexcept nogil
 cdef uint64_t xoshiro_next(Xoshiro256 *rng) noexcept nogil
 # Uniform on the open interval (0, 1): never 0, so its log is always finite.

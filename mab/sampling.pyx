@@ -30,6 +30,20 @@ Algorithms
   When either shape is below 1, or above 1e300 where X + Y could overflow,
   the ratio is formed in log space as 1 / (1 + exp(log Y - log X)), which
   cannot produce NaN.
+
+Supported shapes: every finite double > 0, subnormals included. Values are
+in [0, 1], never NaN and never -0.0. For shapes below about 1e-308,
+log(U) / a overflows to -inf; that is still exact. Write E = -log(U), an
+Exp(1) variate, so log X = log Gamma(a + 1) - E / a. If only log X
+overflows, then E / a is above DBL_MAX while the E / b of Y is not: X < Y,
+which the ratio 0 states correctly, and its true value differs from 0 only
+if E / a and E / b fall within about 745 of each other near 1e308, a chance
+below 1e-300. If both overflow, the ratio is 0 or 1 to the same precision,
+and which one follows P(E1 / a < E2 / b) = a / (a + b): by the
+memorylessness of the exponential this holds also given that both are above
+DBL_MAX, so a coin with that probability is exact. The O(1) terms
+log Gamma(a + 1) shift these comparisons with a chance below 1e-300 too;
+the coin's uniform has a resolution of 2**-53.
 """
 
 import os
@@ -245,10 +259,13 @@ cdef double beta_variate(Xoshiro256 *rng, double a, double b) noexcept nogil:
         return diff / (1.0 + diff)
     if diff <= 0.0:
         return 1.0 / (1.0 + exp(diff))
-    # NaN: both logs are -inf, which happens only for shapes so small
-    # (subnormal) that log(U) / shape overflows. In that limit Beta(a, b) is
-    # Bernoulli with P(1) = a / (a + b).
-    return 1.0 if uniform_open(rng) * (a + b) < a else 0.0
+    # NaN: both logs are -inf, because log(U) / shape overflowed in both
+    # (shapes below about 1e-308). Which of X and Y is larger is then a coin
+    # with P(X > Y) = a / (a + b) exactly, and the ratio is 0 or 1 (see the
+    # module docstring). The probability is formed before the comparison:
+    # U * (a + b) < a rounds in the subnormal range, where a = b = 5e-324
+    # gave P(1) = 0.25 instead of 0.5.
+    return 1.0 if uniform_open(rng) < a / (a + b) else 0.0
 
 
 # --------------------------------------------------------------------------

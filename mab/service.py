@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import mab
-from mab import _lists, _wire, sampling
+from mab import _lists, _ranking, _wire, sampling
 from mab.errors import (
     InvalidRequest,
     MalformedRequest,
@@ -152,21 +152,45 @@ def request_from_fields(fields, max_items):
     return PredictionRequest(item_ids, user_id, top_k, "default" if model is None else model, seed)
 
 
-def rank(scores, top_k):
+def rank(scores, top_k, seed=None):
     """Indices of the best `top_k` scores (all when None), best first.
 
-    Equal scores (possible only where float64 rounds the extreme tails of
-    Beta distributions with shapes far below 1 to exactly 0 or 1) come in
-    an order that is the same on every call on the same machine but not
-    promised otherwise: numpy's default sort is 2x (400 items) to 6x
-    (10,000 items) faster than its stable sort.
+    ``scores``: float64 array, one-dimensional and contiguous (the sampler's
+    output; never NaN, which would rank last). ``seed``: int in [0, 2**64),
+    the request's; None draws fresh entropy. Returns an int64 array.
+
+    Equal scores (float64 rounds Beta variates of tiny shapes to exactly 0
+    or 1, and huge equal counts give equal scores) come in a uniformly random
+    order drawn from the seed's tie-breaking stream (``mab._ranking``): the
+    same scores and seed give the same order on any machine, and the best
+    `top_k` are a prefix of the full ranking. When the k-th score ties
+    scores beyond the cut, which of them make the cut is uniform too.
+    Numpy's default sort is kept for speed (2x to 6x its stable sort);
+    ties are found after it by one compiled scan.
     """
     n = scores.shape[0]
+    seed = sampling.fresh_seed() if seed is None else seed
     negated = -scores
     if top_k is None or top_k >= n:
-        return np.argsort(negated)
-    best = np.argpartition(negated, top_k - 1)[:top_k]
-    return best[np.argsort(negated[best])]
+        order = np.argsort(negated)
+    else:
+        # Partitioning on the k-th and (k+1)-th tells whether the cut falls
+        # inside a tie. Measured on numpy 2.4 with AVX-512, it is also 2x
+        # (400 items) to 5x (10,000) faster than on the k-th alone, where
+        # numpy takes its SIMD (x86-simd-sort) path rather than introselect.
+        part = np.argpartition(negated, (top_k - 1, top_k))
+        best = part[:top_k]
+        order = best[np.argsort(negated[best])]
+        kth = negated[part[top_k - 1]]
+        if negated[part[top_k]] == kth:
+            # All items tied with the k-th go into the shuffle, which is
+            # then cut: every subset of them is equally likely to make it.
+            better = np.searchsorted(negated[order], kth, side="left")
+            order = np.concatenate((order[:better], np.flatnonzero(negated == kth)))
+            _ranking.break_ties(negated, order, seed)
+            return order[:top_k]
+    _ranking.break_ties(negated, order, seed)
+    return order
 
 
 class PredictionService:
@@ -264,7 +288,7 @@ class PredictionService:
         params = model.parameters(request.item_ids, request.user_id, deadline)
         seed = sampling.fresh_seed() if request.seed is None else request.seed
         scores = self.sampler(params.alpha, params.beta, seed=seed, out=params.alpha, n_threads=self.sampler_threads)
-        order = rank(scores, request.top_k)
+        order = rank(scores, request.top_k, seed)
         return Prediction(
             model=request.model,
             request_ids=request.item_ids,

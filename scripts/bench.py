@@ -24,12 +24,22 @@ Systems (--systems, comma-separated):
                  instead of the compiled sampler and index (mab.baseline)
     mab-sync     mab with gunicorn's sync worker
     mab-gthread  mab with gunicorn's gthread worker (4 threads)
-    mab-vertex-legacy, mab-vertex
+    mab-vertex-legacy, mab-vertex, mab-vertex-fetch
                  mab on the Vertex AI backends, served by the local stand-in
                  (mab.testing.vertex_standin, pinned to the load cores, with
-                 --standin-latency-ms added to every call)
+                 --standin-latency-ms added to every call and
+                 --standin-keys-per-message keys in each streamed answer);
+                 mab-vertex reads with StreamingFetchFeatureValues (its
+                 default), mab-vertex-fetch with one FetchFeatureValues per key
     mab-vertex-legacy-cache, mab-vertex-cache
-                 the same with the per-worker feature cache on (600 s TTL)
+                 the same with the per-worker feature cache on: 600 s TTL,
+                 refreshed in the background after --cache-refresh-after
+                 seconds (default 5, so refreshes run during the steps)
+
+Ids are drawn uniformly (each request's ids distinct) or, with --zipf S,
+from a Zipf law of exponent S over the items (so most ids repeat across
+requests, as popular items do); --bodies sets how many different request
+bodies wrk rotates through.
     go           ../shared/peers/go-peer with its pure-Go sampler (the stronger peer)
     go-cgo       the Go peer with its C++ sampler called through cgo
     url=URL      an already running server (no CPU figures)
@@ -37,6 +47,7 @@ Systems (--systems, comma-separated):
 
 import argparse
 import datetime
+import itertools
 import json
 import os
 import random
@@ -235,7 +246,8 @@ class StandIn:
         self.log = open(os.path.join(self.args.work_dir, "standin.log"), "w")
         self.process = subprocess.Popen(
             ["taskset", "-c", self.args.load_cores, python(), "-m", "mab.testing.vertex_standin",
-             "--data", self.args.data, "--port", str(self.port), "--latency-ms", str(self.args.standin_latency_ms)],
+             "--data", self.args.data, "--port", str(self.port), "--latency-ms", str(self.args.standin_latency_ms),
+             "--keys-per-message", str(self.args.standin_keys_per_message)],
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT,
         )
         deadline = time.monotonic() + 60
@@ -273,7 +285,7 @@ class RemoteStoreServer(Server):
         self.standin.stop()
 
 
-def make_vertex(name, args, backend, cache):
+def make_vertex(name, args, backend, cache, read_api=None):
     if args.standin is None:
         args.standin = StandIn(args)
     config = os.path.join(args.work_dir, f"{name}.toml")
@@ -283,6 +295,8 @@ def make_vertex(name, args, backend, cache):
             f"{STANDIN_RESOURCES[backend]}"
             f'api_endpoint = "127.0.0.1:{args.standin.port}"\nplaintext = true\n'
             f"cache_ttl_seconds = {600 if cache else 0}\n"
+            + (f"cache_refresh_after_seconds = {args.cache_refresh_after}\n" if cache else "")
+            + (f'read_api = "{read_api}"\n' if read_api else "")
         )
     server = make_mab(name, args, extra_env={"MAB_CONFIG": config})
     server.env.pop("MAB_DATA")
@@ -312,6 +326,7 @@ def make_system(spec, args):
         "mab-vertex-legacy-cache": lambda: make_vertex("mab-vertex-legacy-cache", args, "vertex-legacy", cache=True),
         "mab-vertex": lambda: make_vertex("mab-vertex", args, "vertex", cache=False),
         "mab-vertex-cache": lambda: make_vertex("mab-vertex-cache", args, "vertex", cache=True),
+        "mab-vertex-fetch": lambda: make_vertex("mab-vertex-fetch", args, "vertex", cache=False, read_api="fetch"),
         "go": lambda: make_go("go", args, "go"),
         "go-cgo": lambda: make_go("go-cgo", args, "cgo"),
     }
@@ -341,12 +356,26 @@ def read_ids(path, limit=None):
     return ids
 
 
-def write_bodies(path, ids, n_ids, count, seed):
-    """`count` request bodies of `n_ids` ids drawn from the data set, one per line."""
+def zipf_weights(n, exponent):
+    """P(rank r) proportional to 1 / r**exponent, r = 1..n (a Zipf law over n items)."""
+    return [1.0 / rank**exponent for rank in range(1, n + 1)]
+
+
+def write_bodies(path, ids, n_ids, count, seed, zipf=None):
+    """`count` request bodies of `n_ids` ids drawn from the data set, one per
+    line: distinct uniform draws, or with `zipf` (an exponent) draws with
+    replacement from a Zipf law over the ids in a random order of popularity."""
     rng = random.Random(seed)
+    if zipf:
+        ranked = list(ids)
+        rng.shuffle(ranked)
+        cumulative = list(itertools.accumulate(zipf_weights(len(ranked), zipf)))
     with open(path, "w") as f:
         for _ in range(count):
-            chosen = rng.sample(ids, n_ids) if n_ids <= len(ids) else rng.choices(ids, k=n_ids)
+            if zipf:
+                chosen = rng.choices(ranked, cum_weights=cumulative, k=n_ids)
+            else:
+                chosen = rng.sample(ids, n_ids) if n_ids <= len(ids) else rng.choices(ids, k=n_ids)
             f.write(json.dumps({"user_id": "u1", "item_ids": chosen}, separators=(",", ":")) + "\n")
 
 
@@ -548,6 +577,14 @@ def main(argv=None):
     parser.add_argument("--go-peer", default=os.path.join(ROOT, "..", "shared", "peers", "go-peer"))
     parser.add_argument("--standin-latency-ms", type=float, default=0.0,
                         help="latency the Vertex stand-in adds to every call (default 0)")
+    parser.add_argument("--standin-keys-per-message", type=int, default=0, metavar="N",
+                        help="keys per streamed answer of the stand-in (default 0: one answer per request message)")
+    parser.add_argument("--cache-refresh-after", type=float, default=5.0, metavar="SECONDS",
+                        help="cache_refresh_after_seconds of the -cache systems (default 5; their TTL is 600)")
+    parser.add_argument("--zipf", type=float, metavar="S",
+                        help="draw ids from a Zipf law of exponent S (e.g. 1.1) instead of uniformly")
+    parser.add_argument("--bodies", type=int, default=32,
+                        help="different request bodies wrk rotates through (default 32)")
     parser.add_argument("--out", help="JSON results path (default bench-results/<time>.json); the chart goes beside it")
     parser.add_argument("--no-chart", action="store_true", help="skip the PNG chart")
     args = parser.parse_args(argv)
@@ -561,7 +598,7 @@ def main(argv=None):
         subprocess.run([python(), os.path.join(ROOT, "scripts", "make_demo_data.py"), "--items", str(args.items),
                         "--out", args.data], check=True, stderr=subprocess.DEVNULL)
     bodies_path = os.path.join(args.work_dir, "bodies.jsonl")
-    write_bodies(bodies_path, read_ids(args.data), args.ids, count=32, seed=20261122)
+    write_bodies(bodies_path, read_ids(args.data), args.ids, count=args.bodies, seed=20261122, zipf=args.zipf)
     script_path = os.path.join(args.work_dir, "bench.lua")
     with open(script_path, "w") as f:
         f.write(WRK_SCRIPT)
@@ -623,7 +660,8 @@ def main(argv=None):
     names = [s.name for s in systems]
     rows = summarize(steps, names, connections, [float(f) for f in args.paced.split(",")] if args.paced else [],
                      args.paced_connections)
-    title = (f"{args.ids} ids per request, {args.items:,} items; servers on cores {args.server_cores}, "
+    draw = f"Zipf({args.zipf:g}) ids, {args.bodies} bodies" if args.zipf else f"uniform ids, {args.bodies} bodies"
+    title = (f"{args.ids} ids per request ({draw}), {args.items:,} items; servers on cores {args.server_cores}, "
              f"wrk on cores {args.load_cores}; medians of {args.rounds} rounds of {args.duration:g}s")
     print("\n" + title)
     print_table(rows, names[0])

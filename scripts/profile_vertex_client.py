@@ -11,8 +11,17 @@ endpoint given with --endpoint. Then, for each way of fetching, it makes
   through the generated client, reading every streamed message;
 - the same through mab's ``vertex-legacy`` store (one chunk, its thread pool);
 - ``fetch_feature_values`` of one key through the generated client (blocking);
-- --ids keys as concurrent gRPC futures, as mab's ``vertex`` store issues them;
-- the same through mab's ``vertex`` store.
+- --ids keys as concurrent gRPC futures, as mab's ``vertex`` store issues
+  them with ``read_api = "fetch"``, and the same through that store;
+- ``StreamingFetchFeatureValues`` (v1beta1) of --stream-ids keys in request
+  messages of 100: one stream per request through the library's stub, as
+  mab's ``vertex`` store reads by default; a long-lived stream shared by the
+  requests (a prototype here, only for the comparison: a reader thread
+  dispatches answers by key to the waiting requests); and mab's ``vertex``
+  store itself.
+
+The stand-in it starts answers each streaming request message in
+--keys-per-message keys per message (0: one message per request message).
 
 Finally cProfile, timing CPU of the calling thread, shows the top functions
 of a streaming read and of a batch of futures. It sees only that thread:
@@ -32,10 +41,12 @@ import argparse
 import cProfile
 import os
 import pstats
+import queue
 import selectors
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import tomllib
 
@@ -44,6 +55,10 @@ sys.path.insert(0, ROOT)
 
 import grpc  # noqa: E402
 from google.cloud import aiplatform_v1 as v1  # noqa: E402
+from google.cloud import aiplatform_v1beta1 as v1beta1  # noqa: E402
+from google.cloud.aiplatform_v1beta1.services.feature_online_store_service.transports import (  # noqa: E402
+    FeatureOnlineStoreServiceGrpcTransport as BetaTransport,
+)
 from google.cloud.aiplatform_v1.services.feature_online_store_service.transports import (  # noqa: E402
     FeatureOnlineStoreServiceGrpcTransport,
 )
@@ -65,10 +80,11 @@ def write_items(path, n):
         f.writelines(f"item-{i:06d},{(i * 37) % 1001},{(i * 7919) % 100_001}\n" for i in range(n))
 
 
-def start_standin(data):
+def start_standin(data, keys_per_message=0):
     """The stand-in's command in its own session; (process, printed settings)."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "mab.testing.vertex_standin", "--data", data, "--port", "0"],
+        [sys.executable, "-m", "mab.testing.vertex_standin", "--data", data, "--port", "0",
+         "--keys-per-message", str(keys_per_message)],
         stdout=subprocess.PIPE, start_new_session=True, cwd=ROOT,
     )
     printed = b""
@@ -127,6 +143,9 @@ def main():
     parser.add_argument("--endpoint", help="a plaintext endpoint serving the stand-in's resources (default: start one)")
     parser.add_argument("--data", help="CSV for the stand-in it starts (default: 1,000 generated items)")
     parser.add_argument("--ids", type=int, default=100, help="entity ids per call (at most 100 for the legacy API)")
+    parser.add_argument("--stream-ids", type=int, default=400, help="keys per streaming fetch (default 400)")
+    parser.add_argument("--keys-per-message", type=int, default=0,
+                        help="the stand-in's keys per streamed answer (default 0: one per request message)")
     parser.add_argument("--calls", type=int, default=20, help="calls per measurement")
     parser.add_argument("--top", type=int, default=12, help="functions shown per profile")
     parser.add_argument("--project", default="local")
@@ -147,13 +166,59 @@ def main():
             if data is None:
                 data = os.path.join(scratch.name, "items.csv")
                 write_items(data, 1000)
-            standin, settings = start_standin(data)
+            standin, settings = start_standin(data, args.keys_per_message)
             endpoint = settings["api_endpoint"]
         run(args, endpoint)
     finally:
         if standin is not None:
             terminate(standin)
         scratch.cleanup()
+
+
+class SharedStream:
+    """A prototype of the alternative the vertex store does not take: one
+    long-lived StreamingFetchFeatureValues stream, shared by the requests of a
+    worker. Requests queue their messages for gRPC's consumer thread; a reader
+    thread dispatches each answer by key to the request waiting for it."""
+
+    def __init__(self, rpc, unwrap):
+        self.unwrap = unwrap
+        self.outgoing = queue.SimpleQueue()
+        self.waiting = {}
+        self.lock = threading.Lock()
+        self.responses = rpc(iter(self.outgoing.get, None))
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        try:
+            for response in self.responses:
+                message = self.unwrap(response)
+                with self.lock:
+                    for entry in message.data:
+                        waiter = self.waiting.pop(entry.data_key.key, None)
+                        if waiter is not None:
+                            waiter[1].append(entry)
+                            if len(waiter[1]) == waiter[2]:
+                                waiter[0].set()
+        except grpc.RpcError:
+            pass   # cancelled by close()
+
+    def fetch(self, keys, requests):
+        waiter = (threading.Event(), [], len(keys))
+        with self.lock:
+            for key in keys:
+                self.waiting[key] = waiter
+        for request in requests:
+            self.outgoing.put(request)
+        if not waiter[0].wait(30):
+            raise RuntimeError("no answer from the shared stream")
+        return waiter[1]
+
+    def close(self):
+        self.outgoing.put(None)
+        self.responses.cancel()
+        self.reader.join(5)
 
 
 def run(args, endpoint):
@@ -198,20 +263,49 @@ def run(args, endpoint):
         for call in calls:
             call.result()
 
+    stream_ids = [f"item-{i:06d}" for i in range(args.stream_ids)]
+    beta_channel = grpc.insecure_channel(endpoint)
+    beta = v1beta1.FeatureOnlineStoreServiceClient(transport=BetaTransport(channel=beta_channel))
+    stream_rpc = beta.transport.streaming_fetch_feature_values
+    request_class, response_class = v1beta1.StreamingFetchFeatureValuesRequest, v1beta1.StreamingFetchFeatureValuesResponse
+    data_key = v1beta1.FeatureViewDataKey.pb()
+    key_value = int(v1beta1.FeatureViewDataFormat.KEY_VALUE)
+
+    def stream_requests(keys):
+        return [
+            request_class.wrap(request_class.pb()(
+                feature_view=feature_view, data_keys=[data_key(key=k) for k in keys[i : i + 100]], data_format=key_value
+            ))
+            for i in range(0, len(keys), 100)
+        ]
+
+    def stream_per_request():
+        n = 0
+        for response in stream_rpc(iter(stream_requests(stream_ids)), timeout=30):
+            n += len(response_class.pb(response).data)
+        assert n == len(stream_ids), n
+
+    shared = SharedStream(stream_rpc, response_class.pb)
+
+    def shared_stream():
+        assert len(shared.fetch(stream_ids, stream_requests(stream_ids))) == len(stream_ids)
+
     stores = {}
-    for backend, resource in (
-        ("vertex-legacy", {"featurestore": args.featurestore, "entity_type": args.entity_type}),
-        ("vertex", {"feature_online_store": args.feature_online_store, "feature_view": args.feature_view}),
+    for name, backend, resource in (
+        ("vertex-legacy", "vertex-legacy", {"featurestore": args.featurestore, "entity_type": args.entity_type}),
+        ("vertex-fetch", "vertex", {"feature_online_store": args.feature_online_store,
+                                    "feature_view": args.feature_view, "read_api": "fetch"}),
+        ("vertex", "vertex", {"feature_online_store": args.feature_online_store, "feature_view": args.feature_view}),
     ):
         config = config_from_document({"stores": {"default": dict(common, backend=backend, **resource)}}, {"MAB_CACHE_DIR": os.devnull})
         store = create_store(config.stores["default"], config.cache_dir)
         store.load()
-        stores[backend] = store
+        stores[name] = store
 
-    def store_fetch(backend):
+    def store_fetch(name, keys=ids):
         def fetch():
-            batch = stores[backend].fetch(ids, "", "", FEATURES)
-            assert batch.failed == 0, stores[backend].describe()["fetches"]["last_error"]
+            batch = stores[name].fetch(keys, "", "", FEATURES)
+            assert batch.failed == 0, stores[name].describe()["fetches"]["last_error"]
         return fetch
 
     n = len(ids)
@@ -220,19 +314,27 @@ def run(args, endpoint):
         measure(f"mab vertex-legacy store, {n} ids", args.calls, n, store_fetch("vertex-legacy")),
         measure("fetch_feature_values, 1 key (blocking)", args.calls * 10, 1, fetch_one),
         measure(f"FetchFeatureValues futures, {n} keys", args.calls, n, fetch_futures),
-        measure(f"mab vertex store, {n} ids", args.calls, n, store_fetch("vertex")),
+        measure(f"mab vertex store (read_api fetch), {n} ids", args.calls, n, store_fetch("vertex-fetch")),
+        measure(f"StreamingFetch, stream per request, {len(stream_ids)}", args.calls * 5, len(stream_ids), stream_per_request),
+        measure(f"StreamingFetch, shared stream, {len(stream_ids)}", args.calls * 5, len(stream_ids), shared_stream),
+        measure(f"mab vertex store (streaming), {len(stream_ids)} ids", args.calls * 5, len(stream_ids),
+                store_fetch("vertex", stream_ids)),
     ]
     print(f"client at {endpoint}; CPU = time.process_time() of this process (all its threads)\n")
-    print(f"{'what':<44} {'calls':>6} {'wall ms/call':>13} {'CPU ms/call':>12} {'CPU us/entity':>14}")
+    print(f"{'what':<46} {'calls':>6} {'wall ms/call':>13} {'CPU ms/call':>12} {'CPU us/entity':>14}")
     for name, calls, wall, cpu, per_entity in rows:
-        print(f"{name:<44} {calls:6d} {wall:13.2f} {cpu:12.2f} {per_entity:14.1f}")
+        print(f"{name:<46} {calls:6d} {wall:13.2f} {cpu:12.2f} {per_entity:14.1f}")
 
     repeat = max(1, min(args.calls, 10))
     print(f"\nwhere the time goes: streaming_read_feature_values, {n} ids (cProfile, calling thread)")
     profile(streaming_read, repeat, args.top)
     print(f"\nwhere the time goes: FetchFeatureValues futures, {n} keys (cProfile, calling thread)")
     profile(fetch_futures, repeat, args.top)
+    print(f"\nwhere the time goes: mab vertex store (streaming), {len(stream_ids)} ids (cProfile, calling thread)")
+    profile(store_fetch("vertex", stream_ids), repeat * 5, args.top)
 
+    shared.close()
+    beta_channel.close()
     for store in stores.values():
         store.close()
     legacy_channel.close()

@@ -1,8 +1,9 @@
 import os
 
+import numpy as np
 import pytest
 
-from mab.config import EntityTemplate, load_config
+from mab.config import MAX_PRIOR, EntityTemplate, load_config
 from mab.errors import ConfigError
 from mab.stores.embedded import Settings as EmbeddedSettings
 
@@ -58,7 +59,12 @@ entity_id = "{{user_id}}:{{item_id}}"
         ({"max_items": 0}, {"MAB_DATA": "x.csv"}, "max_items must be an integer >= 1"),
         ({}, {"MAB_DATA": "x.csv", "MAB_MAX_ITEMS": "many"}, "MAB_MAX_ITEMS must be an integer"),
         ({"colour": "blue"}, {"MAB_DATA": "x.csv"}, "top level: unknown setting.*colour"),
-        ({"models": {"default": {"prior_alpha": 0}}}, {"MAB_DATA": "x.csv"}, r"models\.default\.prior_alpha must be finite and > 0"),
+        ({"models": {"default": {"prior_alpha": 0}}}, {"MAB_DATA": "x.csv"}, r"models\.default\.prior_alpha must be > 0 and <= 1e\+290"),
+        ({"models": {"default": {"prior_alpha": -1e-300}}}, {"MAB_DATA": "x.csv"}, r"prior_alpha must be > 0"),
+        ({"models": {"default": {"prior_beta": float("nan")}}}, {"MAB_DATA": "x.csv"}, r"prior_beta must be > 0 and <= 1e\+290, got nan"),
+        ({"models": {"default": {"prior_beta": float("inf")}}}, {"MAB_DATA": "x.csv"}, r"prior_beta must be > 0 and <= 1e\+290, got inf"),
+        ({"models": {"default": {"prior_beta": 2e290}}}, {"MAB_DATA": "x.csv"}, r"prior_beta must be > 0 and <= 1e\+290"),
+        ({"models": {"default": {"prior_alpha": 10**400}}}, {"MAB_DATA": "x.csv"}, r"models\.default\.prior_alpha is too large"),
         ({"models": {"default": {"prior_beta": "1"}}}, {"MAB_DATA": "x.csv"}, r"models\.default\.prior_beta must be float"),
         ({"models": {"default": {"store": "nope"}}}, {"MAB_DATA": "x.csv"}, r"no store named 'nope'"),
         ({"models": {"default": {"priors": 1}}}, {"MAB_DATA": "x.csv"}, r"models\.default: unknown setting.*priors"),
@@ -104,3 +110,20 @@ def test_bad_entity_templates(text):
 def test_default_cache_dir_is_per_user(make_config, items_csv):
     config = load_config({"MAB_DATA": str(items_csv)})
     assert config.cache_dir.endswith(f"mab-cache-{os.getuid()}")
+
+
+@pytest.mark.parametrize("prior", [5e-324, 1e-310, 1e-3, 1.0, MAX_PRIOR])
+def test_priors_in_the_supported_range_are_accepted(make_config, prior):
+    # The sampler is exact for every finite shape > 0 (tests/test_sampling.py).
+    config = make_config({"models": {"default": {"prior_alpha": prior, "prior_beta": prior}}}, MAB_DATA="x.csv")
+    assert config.models["default"].prior_alpha == prior == config.models["default"].prior_beta
+
+
+def test_largest_prior_plus_largest_count_is_finite():
+    # Why MAX_PRIOR: any finite count plus any accepted prior stays finite.
+    largest_count = np.finfo(np.float64).max
+    assert np.isfinite(np.float64(largest_count) + MAX_PRIOR)
+    assert np.isfinite(np.add(np.array([largest_count]), MAX_PRIOR)).all()
+    # ... and the bound is not far from where that stops holding.
+    with np.errstate(over="ignore"):
+        assert np.isinf(np.float64(largest_count) + 2.0**970)

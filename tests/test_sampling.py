@@ -1,3 +1,4 @@
+import itertools
 import os
 import subprocess
 import sys
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy import stats
 
 import mab
 from mab import sampling
@@ -91,7 +93,61 @@ def test_any_finite_positive_shapes_give_values_in_unit_interval(pairs, seed):
     a, b = np.array(pairs).T
     out = sample_beta(a, b, seed=seed)
     assert not np.isnan(out).any()
+    assert not np.signbit(out).any()
     assert ((out >= 0.0) & (out <= 1.0)).all()
+
+
+# Shapes so small that log(U) / shape overflows to -inf in one or both
+# gamma variates (below about 1e-308), and their neighbours. Beta(a, b)
+# is then 0 or 1 except with probability below 1e-290, and 1 with
+# probability a / (a + b): X > Y is P(E1 / a < E2 / b) for exponentials.
+TINY = [
+    pytest.param(5e-324, 5e-324, id="both-smallest-subnormal"),
+    pytest.param(5e-324, 1e-323, id="subnormals-1-to-2"),
+    pytest.param(1e-310, 3e-310, id="subnormals-1-to-3"),
+    pytest.param(2e-308, 2e-308, id="smallest-normals"),
+    pytest.param(1e-300, 3e-300, id="no-overflow"),
+    pytest.param(5e-324, 1e-300, id="subnormal-and-normal"),
+    pytest.param(1e-300, 1e-310, id="normal-and-subnormal"),
+]
+
+
+@pytest.mark.parametrize(("a", "b"), TINY)
+def test_probability_of_one_at_tiny_shapes(a, b):
+    # The subnormal case used to give P(1) = 0.25 for a = b = 5e-324: the
+    # coin was U * (a + b) < a, which rounds in the subnormals.
+    sample = draw(a, b, seed=77)
+    ones = int(np.count_nonzero(sample == 1.0))
+    assert np.count_nonzero(sample == 0.0) + ones == N, "every value is 0 or 1"
+    p = a / (a + b)
+    if p < 1.0 / N**2:
+        assert ones == 0      # the binomial test has no power here; P(any) < 1 / N
+    elif p > 1.0 - 1.0 / N**2:
+        assert ones == N
+    else:
+        assert stats.binomtest(ones, N, p).pvalue > SIGNIFICANCE, (ones / N, p)
+
+
+def test_probability_of_one_check_rejects_the_subnormal_bias():
+    # What the old coin gave at a = b = 5e-324, at the same sample size.
+    rng = np.random.default_rng(77)
+    ones = int(np.count_nonzero(rng.uniform(size=N) * 1e-323 < 5e-324))
+    assert stats.binomtest(ones, N, 0.5).pvalue < SIGNIFICANCE
+
+
+EXTREME_SHAPES = [5e-324, 1e-310, 2.3e-308, 1e-300, 1e-3, 0.5, 1.0, 2.0, 1e6, 1e300, 1e305, np.finfo(float).max]
+
+
+def test_extreme_shapes_never_give_nan_or_negative_zero():
+    # Every pair of extreme shapes: values in [0, 1], no NaN, no -0.0 (which
+    # rank would tie with 0.0 anyway, but the contract says [0, 1]).
+    a, b = np.array(list(itertools.product(EXTREME_SHAPES, repeat=2))).T
+    a, b = np.repeat(a, 2000), np.repeat(b, 2000)
+    for threads in (1, 2):
+        out = sample_beta(a, b, seed=13, n_threads=threads)
+        assert not np.isnan(out).any()
+        assert not np.signbit(out).any()
+        assert ((out >= 0.0) & (out <= 1.0)).all()
 
 
 # -- streams and threads -----------------------------------------------------

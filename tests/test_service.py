@@ -1,9 +1,13 @@
 import numpy as np
 import pytest
+from scipy import stats
 
 from mab.errors import InvalidRequest, MalformedRequest, NotReady, TooManyItems, UnknownModel
-from mab.service import PredictionRequest, PredictionService, parse_prediction_request, rank
+from mab import sampling
+from mab.config import MAX_PRIOR
+from mab.service import PredictionRequest, PredictionService, parse_prediction_request
 from mab.web import create_stores
+from tests.beta_checks import SIGNIFICANCE
 
 
 def parse(doc, max_items=10):
@@ -56,23 +60,6 @@ def test_integral_floats_are_integers():
 def test_parse_names_the_bad_item():
     with pytest.raises(MalformedRequest, match=r"item_ids\[2\]"):
         parse({"item_ids": ["a", "b", 3, "d"]})
-
-
-def test_rank_orders_best_first_and_cuts():
-    scores = np.array([0.2, 0.9, 0.5, 0.9, 0.1])
-    full = rank(scores, None).tolist()
-    assert sorted(full[:2]) == [1, 3] and full[2:] == [2, 0, 4]   # the tie in some order
-    assert rank(scores, 10).tolist() == full
-    assert rank(scores, None).tolist() == full, "the same order on every call"
-    assert sorted(rank(scores, 2).tolist()) == [1, 3]
-    assert rank(scores, 3).tolist()[2] == 2
-
-
-def test_rank_matches_a_full_sort_on_random_scores():
-    rng = np.random.default_rng(0)
-    for k in (1, 5, 399, 400):
-        scores = rng.random(400)
-        assert rank(scores, k).tolist() == np.argsort(-scores)[:k].tolist()
 
 
 @pytest.fixture
@@ -132,3 +119,73 @@ def test_user_model_needs_user(service):
     with pytest.raises(InvalidRequest) as raised:
         service.predict(PredictionRequest(["item-1"], model="per_user"))
     assert raised.value.code == "user_id_required"
+
+
+# -- ranking: ties through the whole service (tests/test_ranking.py has rank's own)
+
+
+@pytest.fixture
+def tie_service(make_config, tmp_path):
+    """A service whose store holds two items with 1e17 successes and 0
+    failures (both score exactly 1.0), and whose model `vague` has priors
+    of 1e-3 (most scores of unknown items are exactly 0 or 1)."""
+    path = tmp_path / "huge.csv"
+    path.write_text("item_id,successes,failures\nfirst,1e17,0\nsecond,1e17,0\nlargest,1.7976931348623157e308,0\n")
+    config = make_config(
+        {
+            "stores": {"default": {"path": str(path)}},
+            "models": {
+                "default": {},
+                "vague": {"prior_alpha": 1e-3, "prior_beta": 1e-3},
+                "largest_prior": {"prior_alpha": MAX_PRIOR, "prior_beta": MAX_PRIOR},
+            },
+        }
+    )
+    service = PredictionService(config, create_stores(config))
+    service.load()
+    yield service
+    service.close()
+
+
+def test_equal_huge_counts_share_first_place_fairly(tie_service):
+    # The issue's case: the first item in the request used to win every time.
+    n = 4000
+    wins = 0
+    for seed in range(n):
+        prediction = tie_service.predict(PredictionRequest(["first", "second"], top_k=1, seed=seed))
+        assert prediction.scores.tolist() == [1.0]
+        wins += prediction.item_ids == ["first"]
+    assert stats.binomtest(wins, n, 0.5).pvalue > SIGNIFICANCE
+
+
+def test_tiny_priors_give_every_position_a_fair_first_place(tie_service):
+    # Beta(1e-3, 1e-3) is exactly 1.0 for about 48% of draws: first place
+    # among 10 unknown items must be uniform over the request's positions.
+    ids = [f"new-{i}" for i in range(10)]
+    first = [0] * 10
+    for seed in range(10_000):
+        prediction = tie_service.predict(PredictionRequest(ids, model="vague", top_k=1, seed=seed))
+        first[ids.index(prediction.item_ids[0])] += 1
+    assert stats.chisquare(first).pvalue > SIGNIFICANCE
+
+
+def test_tie_order_reproduces_under_the_seed_for_any_thread_count(tie_service):
+    # More than two sampler chunks, so two threads really split the work.
+    ids = [f"new-{i}" for i in range(3 * sampling.CHUNK_SIZE + 17)]
+    answers = {}
+    for threads in (1, 2, 1):
+        tie_service.sampler_threads = threads
+        prediction = tie_service.predict(PredictionRequest(ids, model="vague", seed=2**64 - 1))
+        top = tie_service.predict(PredictionRequest(ids, model="vague", top_k=100, seed=2**64 - 1))
+        assert top.item_ids == prediction.item_ids[:100]
+        answers.setdefault(threads, []).append((prediction.item_ids, prediction.scores.tolist()))
+    assert np.count_nonzero(prediction.scores == 1.0) > 1000, "the test needs many ties"
+    assert answers[1][0] == answers[1][1] == answers[2][0]
+    other = tie_service.predict(PredictionRequest(ids, model="vague", seed=2**64 - 2))
+    assert other.item_ids != prediction.item_ids
+
+
+def test_largest_count_with_largest_prior_is_served(tie_service):
+    # MAX_PRIOR keeps prior + count finite for any count a store accepts.
+    prediction = tie_service.predict(PredictionRequest(["largest", "first", "new"], model="largest_prior", seed=1))
+    assert np.isfinite(prediction.scores).all() and ((prediction.scores >= 0) & (prediction.scores <= 1)).all()

@@ -14,12 +14,17 @@ from mab.testing.vertex_standin import SERVING_LINE
 from tests.serving import terminate
 
 FEATURES = ("successes", "failures")
-BACKENDS = ("vertex-legacy", "vertex")
+# The backends, and "vertex-fetch": the vertex backend with read_api "fetch"
+# (one key per FetchFeatureValues call) instead of its streaming default.
+BACKENDS = ("vertex-legacy", "vertex", "vertex-fetch")
+VARIANTS = {"vertex-fetch": ("vertex", {"read_api": "fetch"})}
 
 
 def vertex_config(standin, backend, store_settings=None, models=None, **environ):
-    """A Config whose store ``default`` reads from the stand-in."""
-    table = dict(standin.store_settings(backend), **(store_settings or {}))
+    """A Config whose store ``default`` reads from the stand-in; ``backend``
+    may be one of VARIANTS."""
+    backend, variant = VARIANTS.get(backend, (backend, {}))
+    table = dict(standin.store_settings(backend), **variant, **(store_settings or {}))
     document = {"stores": {"default": table}}
     if models:
         document["models"] = models

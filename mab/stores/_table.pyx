@@ -29,6 +29,7 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp, memcpy
 
 from mab._wire cimport IdSpans
+from mab.stores._hash cimport hash_bytes
 
 from mab.stores._csv import CsvError
 
@@ -57,39 +58,6 @@ cdef enum:
 # Increment when the hash function or the slot layout changes: it is part of
 # the on-disk cache format (the store folds it into the cache key).
 HASH_VERSION = 2
-
-cdef uint64_t _K1 = 0x9E3779B97F4A7C15ULL
-cdef uint64_t _K2 = 0xC2B2AE3D27D4EB4FULL
-
-
-cdef inline uint64_t _rotl(uint64_t x, int k) noexcept nogil:
-    return (x << k) | (x >> (64 - k))
-
-
-cdef inline uint64_t _fmix64(uint64_t h) noexcept nogil:
-    # MurmurHash3's finaliser: every input bit affects every output bit.
-    h ^= h >> 33
-    h *= 0xFF51AFD7ED558CCDULL
-    h ^= h >> 33
-    h *= 0xC4CEB9FE1A85EC53ULL
-    h ^= h >> 33
-    return h
-
-
-cdef inline uint64_t hash_bytes(const uint8_t *p, Py_ssize_t n) noexcept nogil:
-    """A word-at-a-time hash in the style of MurmurHash3's 64-bit mixing."""
-    cdef uint64_t h = _K1 ^ (<uint64_t>n * _K2)
-    cdef uint64_t w
-    cdef Py_ssize_t i = 0
-    while i + 8 <= n:
-        memcpy(&w, p + i, 8)
-        h = _rotl(h ^ (w * _K2), 31) * _K1
-        i += 8
-    if i < n:
-        w = 0
-        memcpy(&w, p + i, n - i)
-        h = _rotl(h ^ (w * _K2), 31) * _K1
-    return _fmix64(h)
 
 
 def hash_id(bytes key):

@@ -1,30 +1,57 @@
 """Vertex AI Feature Store: a feature view of a feature online store.
 
-Reads with ``FetchFeatureValues`` of ``FeatureOnlineStoreService``, the call
-behind ``FeatureOnlineStoreServiceClient.fetch_feature_values``.
+Two ways to read, chosen by ``read_api``:
 
-Which call: ``google.cloud.aiplatform_v1`` (checked in google-cloud-aiplatform
-2.7.0) offers, for serving, ``FetchFeatureValues`` with exactly one data key
-per call; its other RPCs are vector search (``SearchNearestEntities``),
-writes (``FeatureViewDirectWrite``) and ``GenerateFetchAccessToken``. The
-batched ``StreamingFetchFeatureValues`` (many keys per message) exists only
-in ``v1beta1``, which mab does not use. So the best v1 allows is many
-single-key calls in flight at once: each chunk of at most ``chunk_size`` keys
-is one task on the worker's pool that starts all its calls as gRPC futures on
-the client's one channel (HTTP/2 multiplexes them on one connection), then
-collects them; a retry asks again only for the keys that failed transiently.
-Calling the client's blocking ``fetch_feature_values`` per key would need a
-thread for every key in flight. The futures come from the client's transport
-(``client.transport.fetch_feature_values``, the stub the client method calls)
-and carry the metadata the client method adds (routing header and
-x-goog-api-client).
+``"streaming"`` (the default): ``StreamingFetchFeatureValues`` of
+``FeatureOnlineStoreService`` in ``google.cloud.aiplatform_v1beta1`` (the
+only API version that has it in google-cloud-aiplatform 2.7). It is a
+bidirectional stream: each request message carries many data keys (here at
+most ``chunk_size``), and the service answers with messages holding batches
+(``data[]``) of ``FetchFeatureValuesResponse``, each naming its
+``data_key``. Answers may come out of order and are not one-to-one with the
+request messages, so they are matched by key. Python's gRPC costs about
+100-130 us of client CPU per streamed message here, so the number of
+messages, not the number of keys, decides the cost: a 400-key request is 4
+request messages and, from a service that answers each with one batch, 4
+response messages, against 400 calls through ``FetchFeatureValues``.
 
-Missing keys: the service answers NOT_FOUND ("Requested entity was not
-found.") for a key the feature view does not hold, so that key is
-``missing``. It answers the same for a feature view that does not exist:
-a misnamed feature view makes every item missing, which /ready shows in
-``fetches.missing``. Values are asked for in KEY_VALUE format, which keeps
-int64 and double values typed (PROTO_STRUCT turns every number into a double).
+One stream per request, read in the request's own thread (no pool task, no
+hand-off to a reader thread), rather than one long-lived stream per worker
+shared by the request threads: measured with
+``scripts/profile_vertex_client.py --streaming`` (docs/benchmarks.md), the
+stream's own set-up is a small part of a request's client CPU, while a shared
+stream adds a dispatcher thread that every answer must pass through (one
+more thread hand-off per message), couples the requests' deadlines and
+failures (one broken stream fails every request on it), and needs its own
+reconnection logic. A stream that breaks mid-request (UNAVAILABLE, or its
+attempt's timeout) is opened again for the keys still outstanding, with
+jittered exponential backoff, while the request's deadline allows.
+
+How each key ends:
+
+- an entry in ``data[]`` whose features all have values: found;
+- an entry with none of the requested features set (the service holds no
+  such entity): missing;
+- a key in ``data_keys_with_error`` of a message, or named in a message
+  whose ``status`` is not OK: failed, never missing (the message's status
+  says why; it is logged);
+- no answer when the stream ends or the deadline passes: failed.
+
+``"fetch"``: ``FetchFeatureValues`` of the v1 API, one key per call. Each
+chunk of at most ``chunk_size`` keys is one task on the worker's pool that
+starts all its calls as gRPC futures on the client's one channel (HTTP/2
+multiplexes them on one connection), then collects them; a retry asks again
+only for the keys that failed transiently. The service answers NOT_FOUND
+("Requested entity was not found.") for a key the feature view does not
+hold, so that key is missing. It answers the same for a feature view that
+does not exist: with this API a misnamed feature view makes every item
+missing, which /ready shows in ``fetches.missing``.
+
+Both read in KEY_VALUE format, which keeps int64 and double values typed
+(PROTO_STRUCT turns every number into a double), and both decode the raw
+protobuf messages (``.pb()`` of the library's proto-plus types, on the upb
+runtime) rather than proto-plus wrappers; the library's message classes and
+gRPC stubs stay the source of truth for the wire format.
 
     [stores.default]
     backend = "vertex"
@@ -32,19 +59,28 @@ int64 and double values typed (PROTO_STRUCT turns every number into a double).
     location = "us-central1"
     feature_online_store = "my_store"
     feature_view = "items"
+    # read_api = "streaming"     # or "fetch"
     # Optimized online serving has its own public endpoint:
     # api_endpoint = "<id>.us-central1-<project number>.featurestore.vertexai.goog"
 """
 
+import math
+import time
 from dataclasses import dataclass
 
-from mab.stores._vertex import FAILED, MISSING, VertexSettings, VertexStore, timeout_until
+from mab.errors import ConfigError
+from mab.stores._vertex import FAILED, MIN_ATTEMPT_SECONDS, MISSING, VertexSettings, VertexStore, timeout_until
+from mab.stores._vertex.shared_stream import SharedStream
+
+READ_APIS = ("streaming", "fetch")
+INFINITY = math.inf
 
 
 @dataclass(frozen=True, kw_only=True)
 class Settings(VertexSettings):
     feature_online_store: str
     feature_view: str
+    read_api: str = "streaming"
     backend: str = "vertex"
 
     RESOURCE_KEYS = ("feature_online_store", "feature_view")
@@ -56,49 +92,214 @@ class Settings(VertexSettings):
             f"/featureOnlineStores/{self.feature_online_store}/featureViews/{self.feature_view}"
         )
 
+    @classmethod
+    def _backend_settings(cls, table, where):
+        read_api = table.pop("read_api", cls.read_api)
+        if read_api not in READ_APIS:
+            raise ConfigError(f"{where}.read_api must be one of {', '.join(map(repr, READ_APIS))}, got {read_api!r}")
+        return {"read_api": read_api}
+
 
 class Store(VertexStore):
     backend = "vertex"
 
-    def __init__(self, settings, *, cache_dir=None):
-        super().__init__(settings, cache_dir=cache_dir)
+    def __init__(self, settings, *, cache_dir=None, **kwargs):
+        super().__init__(settings, cache_dir=cache_dir, **kwargs)
+        self._streaming = settings.read_api == "streaming"
         self._rpc = None
         self._metadata = ()
+        self._stream = None
 
     def _client_classes(self):
         import grpc
         from google.api_core import exceptions, gapic_v1
-        from google.cloud.aiplatform_v1.services.feature_online_store_service import FeatureOnlineStoreServiceClient
-        from google.cloud.aiplatform_v1.services.feature_online_store_service.transports import (
-            FeatureOnlineStoreServiceGrpcTransport,
-        )
-        from google.cloud.aiplatform_v1.services.feature_online_store_service.transports.base import (
-            DEFAULT_CLIENT_INFO,
-        )
-        from google.cloud.aiplatform_v1.types import feature_online_store_service as types
+
+        if self._streaming:
+            from google.cloud.aiplatform_v1beta1.services.feature_online_store_service import (
+                FeatureOnlineStoreServiceClient,
+                transports,
+            )
+            from google.cloud.aiplatform_v1beta1.services.feature_online_store_service.transports.base import (
+                DEFAULT_CLIENT_INFO,
+            )
+            from google.cloud.aiplatform_v1beta1.types import feature_online_store_service as types
+        else:
+            from google.cloud.aiplatform_v1.services.feature_online_store_service import (
+                FeatureOnlineStoreServiceClient,
+                transports,
+            )
+            from google.cloud.aiplatform_v1.services.feature_online_store_service.transports.base import (
+                DEFAULT_CLIENT_INFO,
+            )
+            from google.cloud.aiplatform_v1.types import feature_online_store_service as types
 
         self._grpc = grpc
+        self._exceptions = exceptions
         self._from_grpc_error = exceptions.from_grpc_error
         self._transient_codes = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-        self._request_class = types.FetchFeatureValuesRequest
+        self._types = types
         self._data_key = types.FeatureViewDataKey.pb()
-        self._response_class = types.FetchFeatureValuesResponse
         self._key_value = int(types.FeatureViewDataFormat.KEY_VALUE)
         self._metadata = (
             gapic_v1.routing_header.to_grpc_metadata((("feature_view", self.resource),)),
             DEFAULT_CLIENT_INFO.to_grpc_metadata(),
         )
-        return FeatureOnlineStoreServiceClient, FeatureOnlineStoreServiceGrpcTransport
+        return FeatureOnlineStoreServiceClient, transports.FeatureOnlineStoreServiceGrpcTransport
 
     def load(self):
         super().load()
-        # A unary gRPC callable: .future() starts a call without blocking a thread.
-        self._rpc = self._client.transport.fetch_feature_values
+        transport = self._client.transport
+        # The library's stubs: (de)serialization by its message classes; the
+        # raw message is wrapped (cheap) on the way out and unwrapped on the
+        # way in, so proto-plus never builds its field wrappers.
+        self._rpc = transport.streaming_fetch_feature_values if self._streaming else transport.fetch_feature_values
+
+    # -- streaming reads -------------------------------------------------------------
+
+    def _fetch_remote(self, entity_ids, features, end):
+        if not self._streaming:
+            return super()._fetch_remote(entity_ids, features, end)
+        outcomes = {}
+        pending = entity_ids
+        calls = 0
+        errors = []
+        delays = self._backoff()
+        while True:
+            remaining = end - time.monotonic()
+            if remaining < MIN_ATTEMPT_SECONDS:
+                errors.append(f"deadline of {self.settings.deadline_ms:g} ms reached")
+                break
+            calls += 1
+            error = self._stream_attempt(pending, features, outcomes, time.monotonic() + min(self._attempt_timeout, remaining))
+            pending = [entity_id for entity_id in pending if entity_id not in outcomes]
+            if error is not None:
+                errors.append(str(error))
+            if not pending:
+                break
+            transient = error is not None and (
+                getattr(error, "grpc_status_code", None) in self._transient_codes or getattr(error, "transient", False)
+            )
+            if not transient or delays is None:
+                if error is None:
+                    errors.append("the stream ended without answering some keys")
+                break
+            self._count_retry(error)
+            pause = min(next(delays), end - time.monotonic() - MIN_ATTEMPT_SECONDS)
+            if pause > 0:
+                time.sleep(pause)
+        for entity_id in pending:
+            outcomes[entity_id] = FAILED
+        self._record(len(entity_ids), calls, outcomes, errors)
+        return outcomes
+
+    def _backoff(self):
+        """Pauses between attempts (jittered, growing), or None without retries."""
+        if not self.settings.retry:
+            return None
+        from google.api_core.retry import exponential_sleep_generator
+
+        s = self.settings
+        return exponential_sleep_generator(s.retry_initial_ms / 1000, s.retry_max_ms / 1000, s.retry_multiplier)
+
+    def _requests(self, entity_ids):
+        request = self._types.StreamingFetchFeatureValuesRequest
+        raw, wrap = request.pb(), request.wrap
+        size, feature_view, key_value = self.settings.chunk_size, self.resource, self._key_value
+        messages = []
+        for i in range(0, len(entity_ids), size):
+            message = raw(feature_view=feature_view, data_format=key_value)
+            add = message.data_keys.add   # a third of the cost of building FeatureViewDataKey messages to pass in
+            for key in entity_ids[i : i + size]:
+                add(key=key)
+            messages.append(wrap(message))
+        return messages
+
+    def _stream_attempt(self, entity_ids, features, outcomes, attempt_end):
+        """One attempt at ``entity_ids`` on the worker's shared stream:
+        records an outcome per key answered in ``outcomes``; returns the
+        error that ended the stream before every key was answered, or None."""
+        answered, error = self._shared_stream().fetch(
+            entity_ids, features, self._requests(entity_ids), max(0.0, attempt_end - time.monotonic())
+        )
+        outcomes.update(answered)
+        return error
+
+    def _shared_stream(self):
+        stream = self._stream
+        if stream is None or stream.error is not None:
+            with self._lock:
+                stream = self._stream
+                if stream is None or stream.error is not None:
+                    stream = self._stream = SharedStream(
+                        lambda requests: self._rpc(requests, metadata=self._metadata),
+                        self._read_answer, self._entry_outcome, FAILED,
+                        self._from_grpc_error, self._grpc.RpcError, f"mab-stream-{self.settings.name}",
+                    )
+        return stream
+
+    def close(self):
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.close()
+        super().close()
+
+    def _read_answer(self, response, deliver):
+        """Read one StreamingFetchFeatureValuesResponse: ``deliver(key, entry)``
+        for each key answered (``entry`` None when it is answered with an error)."""
+        message = self._types.StreamingFetchFeatureValuesResponse.pb(response)
+        failed_keys = [data_key.key for data_key in message.data_keys_with_error]
+        if message.status.code != 0:
+            failed_keys += [entry.data_key.key for entry in message.data]
+            self._warn(
+                "the feature view answered status %d (%s) for %d keys; they count as failed",
+                message.status.code, message.status.message, len(failed_keys),
+            )
+        elif failed_keys:
+            self._warn("the feature view answered %d keys with errors; they count as failed", len(failed_keys))
+        for key in failed_keys:
+            deliver(key, None)
+        if message.status.code == 0:
+            for entry in message.data:
+                deliver(entry.data_key.key, entry)
+
+    def _entry_outcome(self, key, features, entry):
+        """Counts, MISSING or FAILED from one raw FetchFeatureValuesResponse of a stream.
+
+        The common case inline (every feature a count): each field access of
+        a upb message costs ~0.1-0.2 us, and there are a few per feature of
+        each of hundreds of keys; anything else takes the careful path.
+        """
+        counts = [None] * len(features)
+        plain = True
+        for pair in entry.key_values.features:
+            try:
+                i = features.index(pair.name)
+            except ValueError:
+                continue
+            value = pair.value
+            kind = value.WhichOneof("value")
+            if kind == "int64_value":
+                number = value.int64_value
+                plain = plain and number >= 0
+                counts[i] = float(number)
+            elif kind == "double_value":
+                number = value.double_value
+                plain = plain and 0 <= number < INFINITY   # NaN is not
+                counts[i] = number
+            else:
+                plain = False
+        if plain and None not in counts:
+            return tuple(counts)
+        return self._key_counts(key, features, entry)   # missing, or something to check and say
+
+    # -- per-key reads (read_api = "fetch") ----------------------------------------------
 
     def _attempt(self, chunk, entity_ids, features, attempt_end):
         grpc = self._grpc
         rpc, metadata = self._rpc, self._metadata
-        wrap, request = self._request_class.wrap, self._request_class.pb()
+        request_class = self._types.FetchFeatureValuesRequest
+        wrap, request = request_class.wrap, request_class.pb()
+        unwrap = self._types.FetchFeatureValuesResponse.pb
         data_key, key_value, feature_view = self._data_key, self._key_value, self.resource
         calls = [
             (
@@ -130,11 +331,14 @@ class Store(VertexStore):
                     chunk.outcomes[entity_id] = FAILED
                     chunk.error = self._from_grpc_error(error)
                 continue
-            chunk.outcomes[entity_id] = self._key_counts(entity_id, features, self._response_class.pb(response))
+            chunk.outcomes[entity_id] = self._key_counts(entity_id, features, unwrap(response))
         if transient is not None:
             raise self._from_grpc_error(transient)
 
+    # -- values ------------------------------------------------------------------------
+
     def _key_counts(self, entity_id, features, message):
+        """Counts, MISSING or FAILED from one raw FetchFeatureValuesResponse."""
         answer_format = message.WhichOneof("format")
         if answer_format not in (None, "key_values"):
             return self._invalid(entity_id, features[0], f"an answer in {answer_format} format, not key_values")
@@ -142,13 +346,13 @@ class Store(VertexStore):
         values = []
         for name in features:
             pair = pairs.get(name)
-            if pair is None:
+            if pair is None and pairs:
                 # Not a silent zero: the entity has no value for it, and a
                 # feature the view never has is a configuration error, so say so.
                 self._warn(
                     "the feature view returned no feature %r for key %r (it returned %s); "
                     "is the model's feature name right?",
-                    name, entity_id, ", ".join(map(repr, pairs)) or "none",
+                    name, entity_id, ", ".join(map(repr, pairs)),
                 )
             values.append(pair.value if pair is not None and pair.WhichOneof("data") == "value" else None)
         return self._counts(entity_id, features, values)

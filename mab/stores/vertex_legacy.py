@@ -1,8 +1,14 @@
 """Vertex AI Feature Store (Legacy): an entity type of a featurestore.
 
-Reads with ``FeaturestoreOnlineServingServiceClient.streaming_read_feature_values``:
-one call carries up to 100 entity ids (the service's limit) and streams back
-a header, then one entity view per id. A request's ids are split into chunks
+Reads with ``StreamingReadFeatureValues`` of
+``FeaturestoreOnlineServingService``, through the library's gRPC stub (the
+callable behind ``FeaturestoreOnlineServingServiceClient.streaming_read_feature_values``,
+with the metadata the client method adds, but without google.api_core's
+per-message wrapper): one call carries up to 100 entity ids (the service's
+limit) and streams back a header, then one entity view per id. Messages are
+read as raw protobuf messages (``.pb()``), never as proto-plus wrappers.
+One message per entity is the service's own framing: the cache is the
+remedy for its client CPU. A request's ids are split into chunks
 of at most ``chunk_size`` (<= 100) and the chunks are read concurrently on
 the worker's pool (see ``mab.stores._vertex``). A call that fails part-way
 keeps the entities it already delivered; a retry asks only for the rest.
@@ -46,23 +52,40 @@ class Settings(VertexSettings):
 class Store(VertexStore):
     backend = "vertex-legacy"
 
-    def __init__(self, settings, *, cache_dir=None):
-        super().__init__(settings, cache_dir=cache_dir)
+    def __init__(self, settings, *, cache_dir=None, **kwargs):
+        super().__init__(settings, cache_dir=cache_dir, **kwargs)
         self._request_class = None
         self._response_class = None
+        self._rpc = None
+        self._metadata = ()
 
     def _client_classes(self):
+        import grpc
+        from google.api_core import exceptions, gapic_v1
         from google.cloud.aiplatform_v1.services.featurestore_online_serving_service import (
             FeaturestoreOnlineServingServiceClient,
         )
         from google.cloud.aiplatform_v1.services.featurestore_online_serving_service.transports import (
             FeaturestoreOnlineServingServiceGrpcTransport,
         )
+        from google.cloud.aiplatform_v1.services.featurestore_online_serving_service.transports.base import (
+            DEFAULT_CLIENT_INFO,
+        )
         from google.cloud.aiplatform_v1.types import featurestore_online_service
 
+        self._rpc_error = grpc.RpcError
+        self._from_grpc_error = exceptions.from_grpc_error
+        self._metadata = (
+            gapic_v1.routing_header.to_grpc_metadata((("entity_type", self.resource),)),
+            DEFAULT_CLIENT_INFO.to_grpc_metadata(),
+        )
         self._request_class = featurestore_online_service.StreamingReadFeatureValuesRequest
         self._response_class = featurestore_online_service.ReadFeatureValuesResponse
         return FeaturestoreOnlineServingServiceClient, FeaturestoreOnlineServingServiceGrpcTransport
+
+    def load(self):
+        super().load()
+        self._rpc = self._client.transport.streaming_read_feature_values
 
     def _attempt(self, chunk, entity_ids, features, attempt_end):
         # Built as a raw protobuf message and wrapped: proto-plus's own
@@ -76,14 +99,12 @@ class Store(VertexStore):
             )
         )
         chunk.calls += 1
-        # retry=None: retries are ours, bounded by the fetch's deadline.
-        responses = self._client.streaming_read_feature_values(
-            request=request, retry=None, timeout=timeout_until(attempt_end)
-        )
+        # Retries are ours (VertexStore._run_chunk), bounded by the fetch's deadline.
+        responses = self._rpc(request, timeout=timeout_until(attempt_end), metadata=self._metadata)
         wanted = set(entity_ids)
         positions = None
         try:
-            for response in responses:
+            for response in self._read(responses):
                 # The raw message: field access without proto-plus's wrappers.
                 message = self._response_class.pb(response)
                 if message.HasField("header"):
@@ -98,6 +119,13 @@ class Store(VertexStore):
             responses.cancel()   # a no-op once the stream has ended; frees it when we stop early
         # An id the stream did not mention stays pending, so it fails: the
         # service did not say it lacks the entity.
+
+    def _read(self, responses):
+        """The stream's messages; its gRPC error as google.api_core's (retry decides on those)."""
+        try:
+            yield from responses
+        except self._rpc_error as error:
+            raise self._from_grpc_error(error) from None
 
     def _entity_counts(self, view, positions, features):
         data = view.data

@@ -7,7 +7,11 @@ that mab's Vertex backends call:
   Featurestore): ``StreamingReadFeatureValues`` and ``ReadFeatureValues`` on
   one entity type;
 - ``google.cloud.aiplatform.v1.FeatureOnlineStoreService`` (Vertex AI Feature
-  Store): ``FetchFeatureValues`` on one feature view.
+  Store): ``FetchFeatureValues`` on one feature view;
+- ``google.cloud.aiplatform.v1beta1.FeatureOnlineStoreService``: the same and
+  the bidirectional ``StreamingFetchFeatureValues``, which carries many data
+  keys per request message and answers with batches (``data[]``) of
+  ``FetchFeatureValuesResponse``, each naming its ``data_key``.
 
 It speaks the real wire format: requests and responses are the protobuf
 messages shipped in ``google-cloud-aiplatform``. GAPIC libraries ship no
@@ -26,11 +30,26 @@ validated, so tests can serve bad data on purpose.
 Fault knobs, attributes that may be changed while serving: ``latency``
 (seconds added to every call), ``fail_next`` (the next N calls fail with
 UNAVAILABLE), ``hang`` (calls never answer; the client's deadline ends them),
-``break_stream_after`` (the next streaming read sends that many entities,
-then fails with UNAVAILABLE) and ``max_ids`` (a call with more entity ids
-fails with INVALID_ARGUMENT, as the real service's limit of 100 does). Every call is recorded in ``calls``
-with the number of entity ids it carried; ``max_in_flight`` is the most calls
-served at once.
+``break_stream_after`` (the next streaming read or streaming fetch sends that
+many entities, then fails with UNAVAILABLE), ``max_ids`` (a call, or a
+streaming fetch's request message, with more entity ids fails with
+INVALID_ARGUMENT, as the real service's limit of 100 does) and ``error_keys``
+(keys a streaming fetch answers in ``data_keys_with_error`` with an INTERNAL
+status). Two knobs shape streaming fetches: ``keys_per_message`` (keys per
+response message; 0, the default, answers each request message with one
+response message, 1 is the worst case) and ``shuffle`` (answer the keys out
+of order). In a streaming fetch the fault knobs act on each request
+message (``fail_next`` counts messages, and aborts the stream). Every call is recorded in ``calls`` with the
+number of entity ids it carried (a streaming fetch: one record per request
+message, as ``StreamingFetchFeatureValues``); ``streams`` counts the
+streaming fetch calls opened; ``max_in_flight`` is the most calls served at
+once.
+
+How a streaming fetch answers a key the feature view does not hold is not
+documented; the stand-in answers it like an entity with no values (a
+``data`` entry with the key and no features), which mab reads as missing,
+and keeps ``data_keys_with_error`` for real errors (mab reads those as
+failed).
 
 From a shell::
 
@@ -46,6 +65,7 @@ import contextlib
 import csv
 import json
 import os
+import random
 import signal
 import sys
 import threading
@@ -54,9 +74,11 @@ from dataclasses import dataclass
 import grpc
 from google.cloud.aiplatform_v1.types import feature_online_store_service as online_store_types
 from google.cloud.aiplatform_v1.types import featurestore_online_service as legacy_types
+from google.cloud.aiplatform_v1beta1.types import feature_online_store_service as beta_types
 
 LEGACY_SERVICE = "google.cloud.aiplatform.v1.FeaturestoreOnlineServingService"
 ONLINE_STORE_SERVICE = "google.cloud.aiplatform.v1.FeatureOnlineStoreService"
+BETA_ONLINE_STORE_SERVICE = "google.cloud.aiplatform.v1beta1.FeatureOnlineStoreService"
 
 # The raw protobuf classes under the library's proto-plus types.
 StreamingReadRequest = legacy_types.StreamingReadFeatureValuesRequest.pb()
@@ -65,6 +87,12 @@ ReadResponse = legacy_types.ReadFeatureValuesResponse.pb()
 FetchRequest = online_store_types.FetchFeatureValuesRequest.pb()
 FetchResponse = online_store_types.FetchFeatureValuesResponse.pb()
 PROTO_STRUCT = int(online_store_types.FeatureViewDataFormat.PROTO_STRUCT)
+StreamingFetchRequest = beta_types.StreamingFetchFeatureValuesRequest.pb()
+StreamingFetchResponse = beta_types.StreamingFetchFeatureValuesResponse.pb()
+BetaFetchRequest = beta_types.FetchFeatureValuesRequest.pb()
+BetaFetchResponse = beta_types.FetchFeatureValuesResponse.pb()
+# google.rpc.Code values (google/rpc/code.proto) for a response's status.
+RPC_CODE_INTERNAL = 13
 
 # The legacy service's limit on entity ids per StreamingReadFeatureValues call.
 MAX_IDS = 100
@@ -144,6 +172,9 @@ class VertexStandIn:
         fail_next=0,
         hang=False,
         max_ids=MAX_IDS,
+        keys_per_message=0,
+        shuffle=False,
+        seed=None,
     ):
         self.features = tuple(features)
         self.data = data
@@ -161,6 +192,11 @@ class VertexStandIn:
         self.hang = hang
         self.break_stream_after = None
         self.max_ids = max_ids
+        self.keys_per_message = keys_per_message
+        self.shuffle = shuffle
+        self.error_keys = frozenset()
+        self._random = random.Random(seed)
+        self.streams = 0
         self.calls = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -181,13 +217,17 @@ class VertexStandIn:
     # -- knobs and counters --------------------------------------------------
 
     def reset(self):
-        """No faults, no recorded calls."""
+        """No faults, no recorded calls, streaming answers in one message per request message, in order."""
         with self._lock:
+            self.keys_per_message = 0
+            self.shuffle = False
             self.latency = 0.0
             self.fail_next = 0
             self.hang = False
             self.break_stream_after = None
+            self.error_keys = frozenset()
             self.calls = []
+            self.streams = 0
             self.max_in_flight = self.in_flight
 
     def ids_per_call(self, method=None):
@@ -234,6 +274,19 @@ class VertexStandIn:
                     ),
                 },
             ),
+            grpc.method_handlers_generic_handler(
+                BETA_ONLINE_STORE_SERVICE,
+                {
+                    # The v1beta1 messages of FetchFeatureValues are the v1
+                    # ones with one more field (data_key), unset here.
+                    "FetchFeatureValues": grpc.unary_unary_rpc_method_handler(
+                        self._fetch, request_deserializer=BetaFetchRequest.FromString
+                    ),
+                    "StreamingFetchFeatureValues": grpc.stream_stream_rpc_method_handler(
+                        self._streaming_fetch, request_deserializer=StreamingFetchRequest.FromString
+                    ),
+                },
+            ),
         ]
 
     @contextlib.contextmanager
@@ -249,6 +302,13 @@ class VertexStandIn:
                 self.in_flight -= 1
 
     async def _faults(self, context):
+        fault = await self._fault()
+        if fault is not None:
+            await context.abort(*fault)
+
+    async def _fault(self):
+        """Wait the latency, then: None, or the (code, message) to abort
+        with; never returns while ``hang`` is set (until cancelled)."""
         with self._lock:
             fail = self.fail_next > 0
             if fail:
@@ -256,10 +316,11 @@ class VertexStandIn:
         if self.latency > 0:
             await asyncio.sleep(self.latency)
         if fail:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "stand-in: injected failure")
+            return grpc.StatusCode.UNAVAILABLE, "stand-in: injected failure"
         if self.hang:
             # Until the client's deadline (or the server's stop) cancels the call.
             await asyncio.Event().wait()
+        return None
 
     async def _legacy_features(self, entity_type, selector, ids, context):
         """The requested feature ids, in order, or abort the call."""
@@ -382,6 +443,116 @@ class VertexStandIn:
             encoded = self._encoded[memo_key] = response.SerializeToString()
         return encoded
 
+
+    async def _streaming_fetch(self, request_iterator, context):
+        """Answers each request message's keys in ``data[]`` batches.
+
+        Request messages are answered concurrently, each in a task of its
+        own (their latencies overlap, as on a real service, which may answer
+        out of order), and the answers leave through one queue.
+        """
+        with self._lock:
+            self.streams += 1
+        answers = asyncio.Queue()
+        state = {"sent": 0, "break_after": None}
+
+        async def read_requests():
+            tasks = []
+            async for request in request_iterator:
+                tasks.append(asyncio.ensure_future(self._answer_request(request, state, answers)))
+            await asyncio.gather(*tasks)
+            await answers.put(None)
+
+        reader = asyncio.ensure_future(read_requests())
+        try:
+            while True:
+                answer = await answers.get()
+                if answer is None:
+                    return
+                if type(answer) is tuple:
+                    await context.abort(*answer)
+                yield answer
+        finally:
+            reader.cancel()
+
+    async def _answer_request(self, request, state, answers):
+        """Put one request message's answers (bytes) on ``answers``, or a
+        (code, message) tuple that aborts the stream."""
+        keys = []
+        for data_key in request.data_keys:
+            if data_key.WhichOneof("key_oneof") != "key":
+                await answers.put((grpc.StatusCode.INVALID_ARGUMENT, "stand-in: only simple data keys are served"))
+                return
+            keys.append(data_key.key)
+        with self._tracking("StreamingFetchFeatureValues", len(keys)):
+            if not keys:
+                await answers.put((grpc.StatusCode.INVALID_ARGUMENT, "data_keys must not be empty."))
+                return
+            if len(keys) > self.max_ids:
+                await answers.put((
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"At most {self.max_ids} data keys may be read in one request; got {len(keys)}.",
+                ))
+                return
+            # The fault knobs act per request message: a stream may be long-lived.
+            fault = await self._fault()
+            if fault is None and request.feature_view != self.feature_view_name:
+                fault = grpc.StatusCode.NOT_FOUND, NOT_FOUND_MESSAGE   # like FetchFeatureValues: the call fails
+            if fault is not None:
+                await answers.put(fault)
+                return
+            with self._lock:
+                if self.shuffle:
+                    self._random.shuffle(keys)
+                if state["break_after"] is None and self.break_stream_after is not None:
+                    state["break_after"] = state["sent"] + self.break_stream_after
+                    self.break_stream_after = None
+            errors = [key for key in keys if key in self.error_keys]
+            answered = [key for key in keys if key not in self.error_keys]
+            size = self.keys_per_message or len(answered) or 1
+            for start in range(0, len(answered), size):
+                batch = answered[start : start + size]
+                break_after = state["break_after"]
+                if break_after is not None and state["sent"] + len(batch) > break_after:
+                    batch = batch[: break_after - state["sent"]]
+                    if batch:
+                        await answers.put(self._streaming_answer(batch, request.data_format))
+                    await answers.put((grpc.StatusCode.UNAVAILABLE, "stand-in: injected failure mid-stream"))
+                    return
+                state["sent"] += len(batch)
+                await answers.put(self._streaming_answer(batch, request.data_format))
+            if errors:
+                response = StreamingFetchResponse()
+                response.status.code = RPC_CODE_INTERNAL
+                response.status.message = "stand-in: injected error for these keys"
+                for key in errors:
+                    response.data_keys_with_error.add(key=key)
+                await answers.put(response.SerializeToString())
+
+    def _streaming_answer(self, keys, data_format):
+        """One StreamingFetchFeatureValuesResponse, serialized, for these keys.
+
+        Concatenating serialized messages is merging them (protobuf encoding
+        rules), so each key's entry is serialized once and memoized.
+        """
+        parts = []
+        for key in keys:
+            memo_key = ("stream", int(data_format), key)
+            encoded = self._encoded.get(memo_key)
+            if encoded is None:
+                row = self.data.get(key)
+                entry = BetaFetchResponse()
+                entry.data_key.key = key
+                if row is not None:
+                    entry.MergeFromString(self._online_entity(key, row, data_format))
+                wrapper = StreamingFetchResponse()
+                wrapper.data.append(entry)
+                encoded = wrapper.SerializeToString()
+                if row is not None:   # only existing keys: unknown ones must not grow the memo
+                    self._encoded[memo_key] = encoded
+            parts.append(encoded)
+        return b"".join(parts)
+
     # -- in a background thread (tests) ---------------------------------------
 
     async def _start_server(self, host, port):
@@ -441,10 +612,18 @@ def main(argv=None):
     parser.add_argument("--fail-first", type=int, default=0, metavar="N", help="the first N calls fail with UNAVAILABLE")
     parser.add_argument("--hang", action="store_true", help="never answer (clients see their deadline)")
     parser.add_argument("--max-ids", type=int, default=MAX_IDS, help="most entity ids per call (default: 100)")
+    parser.add_argument(
+        "--keys-per-message", type=int, default=0, metavar="N",
+        help="streaming fetch: keys per response message (default 0: all keys of a request message in one)",
+    )
+    parser.add_argument("--shuffle", action="store_true", help="streaming fetch: answer keys out of order")
     args = parser.parse_args(argv)
+    if args.keys_per_message < 0:
+        parser.error("--keys-per-message must be >= 0")
     try:
         standin = VertexStandIn.from_csv(
-            args.data, latency=args.latency_ms / 1000, fail_next=args.fail_first, hang=args.hang, max_ids=args.max_ids
+            args.data, latency=args.latency_ms / 1000, fail_next=args.fail_first, hang=args.hang,
+            max_ids=args.max_ids, keys_per_message=args.keys_per_message, shuffle=args.shuffle,
         )
     except (OSError, StopIteration) as exc:
         parser.exit(2, f"vertex stand-in: cannot read {args.data}: {getattr(exc, 'strerror', None) or 'empty file'}\n")

@@ -44,3 +44,28 @@ def test_smoke_run_measures_and_cleans_up(tmp_path):
     assert len(started) >= 4
     for pid in started:
         assert not os.path.exists(f"/proc/{pid}"), f"process {pid} still running"
+
+
+def test_zipf_bodies_follow_the_law(tmp_path):
+    """The most and second most drawn ids come as often as ranks 1 and 2 of
+    Zipf(1.1) predict, within 5 binomial standard deviations."""
+    import collections
+    import importlib.util
+    import math
+
+    spec = importlib.util.spec_from_file_location("bench", os.path.join(ROOT, "scripts", "bench.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    ids = [f"item-{i}" for i in range(1000)]
+    path = tmp_path / "bodies.jsonl"
+    bench.write_bodies(path, ids, n_ids=50, count=200, seed=1, zipf=1.1)
+    counts = collections.Counter(i for line in path.read_text().splitlines() for i in json.loads(line)["item_ids"])
+    n = sum(counts.values())
+    assert n == 200 * 50
+    weights = bench.zipf_weights(len(ids), 1.1)
+    for rank, (_, count) in enumerate(counts.most_common(2)):
+        p = weights[rank] / sum(weights)
+        assert abs(count - n * p) < 5 * math.sqrt(n * p * (1 - p)), (rank, count, n * p)
+    # Uniform draws stay distinct within a body.
+    bench.write_bodies(path, ids, n_ids=50, count=3, seed=1)
+    assert all(len(set(json.loads(line)["item_ids"])) == 50 for line in path.read_text().splitlines())

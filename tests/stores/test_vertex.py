@@ -17,73 +17,12 @@ from mab.config import config_from_document
 from mab.errors import ConfigError
 from mab.service import PredictionRequest, PredictionService
 from mab.stores import create_store, embedded
-from mab.stores._vertex import FAILED, MISSING, FeatureCache
+from mab.stores._cache import NOT_SERVED, SERVED, SERVED_MISSING, EntityCache
 from mab.testing.vertex_standin import VertexStandIn
 from mab.web import create_app
 from tests.conftest import ITEMS_CSV, USER_ITEMS_CSV
-from tests.vertex import BACKENDS, FEATURES, make_store, vertex_config
-
-N_NUMBERED = 1200
-# The conftest's five items, then numbered ones with int64 and double counts.
-DATA_CSV = ITEMS_CSV + "".join(
-    f"item-{i:05d},{(i * 7) % 1000},{(i * 13) % 100_000 + (0.5 if i % 3 == 0 else 0)}\n" for i in range(N_NUMBERED)
-)
-# A generous deadline where time is not what a test is about: the client and
-# the stand-in share this process, and 1,000 single-key calls cost CPU.
-RELAXED = {"deadline_ms": 20_000}
-
-
-def numbered(n, start=0):
-    return [f"item-{i:05d}" for i in range(start, start + n)]
-
-
-@pytest.fixture(scope="module")
-def data_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("vertex") / "items.csv"
-    path.write_text(DATA_CSV)
-    return path
-
-
-@pytest.fixture(scope="module")
-def standin(data_path):
-    standin = VertexStandIn.from_csv(data_path).start()
-    yield standin
-    standin.stop()
-
-
-@pytest.fixture(scope="module")
-def embedded_store(data_path, tmp_path_factory):
-    store = embedded.Store(embedded.Settings(name="embedded", path=str(data_path)), cache_dir=str(tmp_path_factory.mktemp("cache")))
-    store.load()
-    yield store
-    store.close()
-
-
-@pytest.fixture
-def stores():
-    """Opens stores on the module's stand-in (reset first) and closes them after the test."""
-    opened = []
-
-    def open_store(standin, backend, **settings):
-        standin.reset()
-        store = make_store(standin, backend, **settings)
-        opened.append(store)
-        return store
-
-    yield open_store
-    for store in opened:
-        store.close()
-
-
-def timed(fetch):
-    start = time.monotonic()
-    batch = fetch()
-    return batch, time.monotonic() - start
-
-
-def best_of(runs, fetch):
-    return min(timed(fetch)[1] for _ in range(runs))
-
+from tests.stores.conftest import RELAXED, best_of, numbered, timed
+from tests.vertex import BACKENDS, FEATURES, VARIANTS, make_store, vertex_config
 
 # -- settings ------------------------------------------------------------------
 
@@ -113,6 +52,8 @@ def drop_none(table):
         ("vertex", {"feature_view": "a/b"}, "stores.default.feature_view must be a non-empty id"),
         ("vertex", {"chunk_size": 101}, "stores.default.chunk_size must be >= 1 and <= 100"),
         ("vertex", {"chunk_size": 2.5}, "stores.default.chunk_size must be an integer"),
+        ("vertex", {"deadline_ms": 10**400}, "stores.default.deadline_ms must be a number"),
+        ("vertex", {"read_api": "batch"}, "stores.default.read_api must be one of 'streaming', 'fetch'"),
         ("vertex", {"pool_size": 0}, "stores.default.pool_size must be >= 1"),
         ("vertex", {"deadline_ms": 0}, "stores.default.deadline_ms must be > 0"),
         ("vertex", {"deadline_ms": 100, "attempt_timeout_ms": 150}, "attempt_timeout_ms must be > 0 and <= 100"),
@@ -188,8 +129,8 @@ def test_legacy_chunks_of_at_most_100_ids(standin, stores, embedded_store):
     assert len(standin.calls) == math.ceil(1000 / 30) and max(standin.ids_per_call()) == 30
 
 
-def test_vertex_one_key_per_call(standin, stores, embedded_store):
-    store = stores(standin, "vertex", **RELAXED)
+def test_vertex_fetch_reads_one_key_per_call(standin, stores, embedded_store):
+    store = stores(standin, "vertex-fetch", **RELAXED)
     ids = list(reversed(numbered(1000)))
     batch = store.fetch(ids, "", "", FEATURES)
     assert standin.ids_per_call("FetchFeatureValues") == [1] * 1000 and len(standin.calls) == 1000
@@ -223,9 +164,9 @@ def test_legacy_chunks_are_fetched_concurrently(standin, stores):
     assert elapsed < 4 * 0.05, f"{elapsed * 1000:.0f} ms: chunks waited for each other"
 
 
-def test_vertex_calls_are_in_flight_together(standin, stores):
+def test_vertex_fetch_calls_are_in_flight_together(standin, stores):
     # Four chunks of 100 single-key calls; one 0.3 s wait, not four (or 400).
-    store = stores(standin, "vertex", deadline_ms=5000)
+    store = stores(standin, "vertex-fetch", deadline_ms=5000)
     ids = numbered(400)
     store.fetch(ids[:10], "", "", FEATURES)
     standin.latency = 0.3
@@ -246,9 +187,11 @@ def test_the_deadline_bounds_a_hang(standin, stores, backend):
     assert 0.15 <= elapsed < 0.2 + 0.3, f"{elapsed * 1000:.0f} ms"
     assert batch.failed == 150 and batch.missing == 0 and batch.failed_mask.all()
     assert all(not column.any() for column in batch.columns)
-    # The first attempt of each chunk timed out after 100 ms and was tried again.
-    first_attempts = 2 if backend == "vertex-legacy" else 150
-    assert len(standin.calls) > first_attempts
+    # The first attempt of each chunk (or the stream) timed out after 100 ms and was tried again.
+    if backend == "vertex":
+        assert standin.streams >= 2
+    else:
+        assert len(standin.calls) > (2 if backend == "vertex-legacy" else 150)
     fetches = store.describe()["fetches"]
     assert fetches["retries"] >= 2 and fetches["failed"] == 150
     assert "Deadline" in fetches["last_error"] or "deadline" in fetches["last_error"]
@@ -263,13 +206,18 @@ def test_transient_errors_are_retried_within_the_deadline(standin, stores, embed
     assert batch.failed == 0
     np.testing.assert_array_equal(batch.columns[1], embedded_store.fetch(ids, "", "", FEATURES).columns[1])
     # legacy: the one chunk's call failed twice, the third answered;
-    # vertex: two of ten keys failed, and only they were asked again.
-    assert len(standin.calls) == (3 if backend == "vertex-legacy" else 12)
+    # vertex: the first two streams failed at their one request message, the third answered;
+    # vertex-fetch: two of ten keys failed, and only they were asked again.
+    assert len(standin.calls) == {"vertex-legacy": 3, "vertex": 3, "vertex-fetch": 12}[backend]
+    if backend == "vertex":
+        assert standin.streams == 3
     assert store.describe()["fetches"]["retries"] >= 1
 
 
-def test_a_broken_stream_keeps_what_it_delivered(standin, stores, embedded_store):
-    store = stores(standin, "vertex-legacy", **RELAXED)
+@pytest.mark.parametrize("backend", ["vertex-legacy", "vertex"])
+def test_a_broken_stream_keeps_what_it_delivered(standin, stores, embedded_store, backend):
+    store = stores(standin, backend, **RELAXED)
+    standin.keys_per_message = 10   # streaming fetch: the 40 keys come in 4 messages before the break
     ids = numbered(100)
     standin.break_stream_after = 40
     batch = store.fetch(ids, "", "", FEATURES)
@@ -288,12 +236,18 @@ def test_a_store_that_stays_unavailable_fails_by_the_deadline(standin, stores, b
     assert store.describe()["fetches"]["retries"] >= 1
 
 
-def test_no_retries_when_disabled(standin, stores):
-    store = stores(standin, "vertex-legacy", retry=False, **RELAXED)
+@pytest.mark.parametrize("backend", ["vertex-legacy", "vertex"])
+def test_no_retries_when_disabled(standin, stores, backend):
+    store = stores(standin, backend, retry=False, **RELAXED)
     standin.fail_next = 1
     batch = store.fetch(numbered(5), "", "", FEATURES)
-    assert batch.failed == 5 and len(standin.calls) == 1
+    assert batch.failed == 5
+    if backend == "vertex":
+        assert standin.streams == 1
+    else:
+        assert len(standin.calls) == 1
     assert store.describe()["fetches"]["retries"] == 0
+    assert store.describe()["fetches"]["calls"] == 1
 
 
 def test_legacy_errors_that_are_not_transient_fail_at_once(standin, stores):
@@ -304,13 +258,22 @@ def test_legacy_errors_that_are_not_transient_fail_at_once(standin, stores):
     assert "does not exist" in store.describe()["fetches"]["last_error"]
 
 
-def test_vertex_answers_a_misnamed_feature_view_like_missing_keys(standin, stores):
+def test_vertex_fetch_answers_a_misnamed_feature_view_like_missing_keys(standin, stores):
     # The real service's behaviour, which the stand-in copies: NOT_FOUND for
     # the view as for a key. /ready's fetches.missing is how to notice.
-    store = stores(standin, "vertex", feature_view="no_such_view", **RELAXED)
+    store = stores(standin, "vertex-fetch", feature_view="no_such_view", **RELAXED)
     batch = store.fetch(["item-1", "item-2"], "", "", FEATURES)
     assert batch.missing == 2 and batch.failed == 0
     assert store.describe()["fetches"]["missing"] == 2
+
+
+def test_vertex_streaming_fails_a_misnamed_feature_view(standin, stores):
+    # A streaming read tells the view's NOT_FOUND (the whole call) from a
+    # missing key (an entry without values): the items fail, and say why.
+    store = stores(standin, "vertex", feature_view="no_such_view", **RELAXED)
+    batch = store.fetch(["item-1", "item-2"], "", "", FEATURES)
+    assert batch.failed == 2 and batch.missing == 0
+    assert "not found" in store.describe()["fetches"]["last_error"]
 
 
 # -- values ------------------------------------------------------------------------
@@ -387,15 +350,78 @@ def test_cache_off_by_default(standin, stores):
     assert len(standin.calls) == 2 and store.describe()["cache"] == {"enabled": False}
 
 
-def test_feature_cache_ttl_and_capacity():
-    cache = FeatureCache(ttl=10, max_entries=3)
-    cache.put_many(FEATURES, {"a": (1.0, 2.0), "b": MISSING, "c": FAILED}, now=100)
-    assert cache.get_many(FEATURES, ["a", "b", "c"], now=105) == {"a": (1.0, 2.0), "b": MISSING}
-    assert cache.get_many(FEATURES, ["a", "b"], now=110) == {}, "expired at now + ttl"
-    assert cache.get_many(("other",), ["a"], now=101) == {}, "per feature list"
-    cache.put_many(FEATURES, {"c": (3.0, 3.0), "d": (4.0, 4.0), "a": (5.0, 5.0)}, now=200)
-    assert cache.get_many(FEATURES, ["a", "b", "c", "d"], now=201) == {"c": (3.0, 3.0), "d": (4.0, 4.0), "a": (5.0, 5.0)}
-    assert cache.describe()["entries"] == 3 and cache.hits == 5 and cache.misses == 5
+def test_entity_cache_freshness_with_injected_time():
+    cache = EntityCache(2, ttl=10, refresh_after=4, missing_ttl=3, max_entries=8)
+    cache.put("a", (1.0, 2.0), 100)
+    cache.put("b", None, 100)
+    values, status, refresh = cache.lookup(["a", "b", "c"], b"", b"", 101.0)
+    assert status.tolist() == [SERVED, SERVED_MISSING, NOT_SERVED] and refresh == []
+    assert values.tolist() == [[1.0, 0.0, 0.0], [2.0, 0.0, 0.0]]
+    # Past refresh_after: served, and reported for a refresh once (single flight).
+    values, status, refresh = cache.lookup(["a", "a", "b"], b"", b"", 104.0)
+    assert status.tolist() == [SERVED, SERVED, NOT_SERVED], "b: missing_ttl (3 s) is over"
+    assert refresh == [0] and cache.refreshing("a")
+    assert cache.lookup(["a"], b"", b"", 109.9)[2] == [], "still refreshing: not reported again"
+    assert cache.lookup(["a"], b"", b"", 110.0)[1].tolist() == [NOT_SERVED], "never served at ttl"
+    cache.release("a")
+    assert not cache.refreshing("a")
+    cache.put("a", (5.0, 6.0), 110.0)
+    values, status, refresh = cache.lookup(["a"], b"", b"", 111)
+    assert values[:, 0].tolist() == [5.0, 6.0] and refresh == []
+    assert (cache.hits, cache.stale_served, cache.expired) == (3, 3, 2)
+
+
+def test_entity_cache_keys_prefix_suffix_and_spans():
+    from mab._wire import parse_predict_body
+
+    cache = EntityCache(1, ttl=10, refresh_after=10, missing_ttl=10, max_entries=8)
+    cache.put("u1:item-1:x", (7.0,), 0)
+    assert cache.lookup(["item-1", "item-2"], b"u1:", b":x", 1)[0].tolist() == [[7.0, 0.0]]
+    assert cache.lookup(["item-1"], b"u2:", b":x", 1)[1].tolist() == [NOT_SERVED]
+    spans = parse_predict_body(b'{"item_ids": ["item-1", "item-9"]}')[0]
+    cache.put("u1:item-9:x", (3.0,), 0)
+    cache.put("u1:caf\u00e9:x", (4.0,), 0)
+    assert cache.lookup(["caf\u00e9"], b"u1:", b":x", 1)[0].tolist() == [[4.0]], "UTF-8 bytes, as put"
+    assert cache.lookup(spans, b"u1:", b":x", 1)[0].tolist() == [[7.0, 3.0]]
+    with pytest.raises(TypeError):
+        cache.lookup(["ok", 5], b"", b"", 1)
+
+
+def test_entity_cache_holds_its_bound_and_evicts_the_least_recently_used():
+    cache = EntityCache(1, ttl=100, refresh_after=100, missing_ttl=100, max_entries=64)
+    for i in range(64):
+        cache.put(f"k{i}", (float(i),), 0)
+    nbytes = cache.nbytes()
+    hot = [f"k{i}" for i in range(0, 64, 2)]
+    for round_ in range(1000):
+        cache.lookup(hot, b"", b"", 1)   # the even keys stay in use
+        cache.put(f"new{round_}", (1.0,), 1)
+        assert cache.entries <= 64
+    assert cache.evictions == 1000
+    assert (cache.lookup(hot, b"", b"", 2)[1] == SERVED).all(), "entries in use were not evicted"
+    # Every key still held is found, and the memory did not grow with the churn.
+    assert cache.nbytes() <= nbytes * 1.1
+    present = [f"new{i}" for i in range(1000) if cache.lookup([f"new{i}"], b"", b"", 2)[1][0] == SERVED]
+    assert len(present) + len(hot) == 64
+
+
+def test_entity_cache_index_survives_churn_against_a_model():
+    # Backward-shift deletion must never lose a key: compare with a dict.
+    import random
+
+    rng = random.Random(7)
+    cache = EntityCache(1, ttl=1e9, refresh_after=1e9, missing_ttl=1e9, max_entries=50)
+    model = {}
+    for step in range(20_000):
+        key = f"e{rng.randrange(200)}"
+        cache.put(key, (float(step),), 0)
+        model[key] = float(step)
+        if step % 97 == 0:
+            keys = list(model)
+            values, status, _ = cache.lookup(keys, b"", b"", 0)
+            held = {k: v for k, v, s in zip(keys, values[0], status) if s == SERVED}
+            assert len(held) == cache.entries <= 50
+            assert all(model[k] == v for k, v in held.items())
 
 
 # -- lifecycle ---------------------------------------------------------------------
@@ -406,7 +432,7 @@ def test_describe_and_close(standin, backend):
     store = make_store(standin, backend, **RELAXED)
     store.fetch(["item-1", "gone"], "", "", FEATURES)
     info = store.describe()
-    assert info["backend"] == backend and info["client_initialised"] is True
+    assert info["backend"] == VARIANTS.get(backend, (backend,))[0] and info["client_initialised"] is True
     assert info["endpoint"] == standin.address and info["credentials"] == "none (plaintext)"
     assert info["resource"] in (standin.entity_type_name, standin.feature_view_name)
     assert info["fetches"]["found"] == 1 and info["fetches"]["missing"] == 1

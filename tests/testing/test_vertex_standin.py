@@ -234,7 +234,9 @@ def test_max_in_flight_counts_concurrent_calls(fresh, online_client):
 def test_command_prints_settings_serves_and_stops_on_sigterm(tmp_path):
     data = tmp_path / "items.csv"
     data.write_text(CSV)
-    process = StandInProcess(tmp_path, data, "--backend", "vertex", "--latency-ms", "1").start()
+    process = StandInProcess(
+        tmp_path, data, "--backend", "vertex", "--latency-ms", "1", "--keys-per-message", "1", "--shuffle"
+    ).start()
     try:
         settings = process.settings
         assert settings["backend"] == "vertex" and settings["plaintext"] is True
@@ -251,9 +253,29 @@ def test_command_prints_settings_serves_and_stops_on_sigterm(tmp_path):
         )
         assert response.key_values.features[0].value.int64_value == 90
         channel.close()
+        # The streaming knobs reached the server: one key per answer message.
+        standin_view = type("View", (), {"feature_view_name": feature_view})
+        from google.cloud import aiplatform_v1beta1 as v1beta1
+        from google.cloud.aiplatform_v1beta1.services.feature_online_store_service.transports import (
+            FeatureOnlineStoreServiceGrpcTransport as BetaTransport,
+        )
+
+        channel = grpc.insecure_channel(settings["api_endpoint"])
+        beta = v1beta1.FeatureOnlineStoreServiceClient(transport=BetaTransport(channel=channel))
+        responses = streaming_fetch(beta, standin_view, ["item-1", "item-2", "item-3"])
+        assert [len(r.data) for r in responses] == [1, 1, 1]
+        channel.close()
     finally:
         returncode = process.stop()
     assert returncode == 0, process.output()
+
+
+def test_command_refuses_a_negative_keys_per_message(tmp_path):
+    data = tmp_path / "items.csv"
+    data.write_text(CSV)
+    process = StandInProcess(tmp_path, data, "--keys-per-message", "-1")
+    with pytest.raises(AssertionError, match="exited with 2"):
+        process.start()
 
 
 def test_command_names_a_missing_file(tmp_path):
@@ -261,3 +283,83 @@ def test_command_names_a_missing_file(tmp_path):
     with pytest.raises(AssertionError, match="exited with 2"):
         process.start()
     assert "cannot read" in process.output() and process.stop() == 2
+
+
+# -- StreamingFetchFeatureValues (v1beta1) ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def beta_client(standin):
+    from google.cloud import aiplatform_v1beta1 as v1beta1
+    from google.cloud.aiplatform_v1beta1.services.feature_online_store_service.transports import (
+        FeatureOnlineStoreServiceGrpcTransport as BetaTransport,
+    )
+
+    channel = grpc.insecure_channel(standin.address)
+    yield v1beta1.FeatureOnlineStoreServiceClient(transport=BetaTransport(channel=channel))
+    channel.close()
+
+
+def streaming_fetch(client, standin, *key_lists, timeout=10):
+    from google.cloud import aiplatform_v1beta1 as v1beta1
+
+    requests = [
+        v1beta1.StreamingFetchFeatureValuesRequest(
+            feature_view=standin.feature_view_name,
+            data_keys=[v1beta1.FeatureViewDataKey(key=key) for key in keys],
+            data_format=v1beta1.FeatureViewDataFormat.KEY_VALUE,
+        )
+        for keys in key_lists
+    ]
+    return [type(r).pb(r) for r in client.streaming_fetch_feature_values(requests=iter(requests), timeout=timeout)]
+
+
+def answered(responses):
+    return [
+        (entry.data_key.key, {pair.name: typed(pair.value) for pair in entry.key_values.features})
+        for response in responses for entry in response.data
+    ]
+
+
+def test_streaming_fetch_answers_each_request_message_in_one_batch(fresh, beta_client):
+    responses = streaming_fetch(beta_client, fresh, ["item-1", "gone"], ["item-3"])
+    assert len(responses) == 2
+    assert answered(responses) == [
+        ("item-1", {"successes": ("int64_value", 90), "failures": ("int64_value", 10), "label": ("string_value", "a")}),
+        ("gone", {}),   # a key the view does not hold: an entry without values
+        ("item-3", {"successes": None, "failures": ("int64_value", 7), "label": None}),
+    ]
+    assert fresh.ids_per_call() == [2, 1] and fresh.streams == 1
+
+
+def test_streaming_fetch_keys_per_message_shuffle_and_errors(fresh, beta_client):
+    fresh.keys_per_message = 1
+    fresh.shuffle = True
+    fresh.error_keys = frozenset({"item-2"})
+    keys = ["item-1", "item-2", "item-3", "gone", "also-gone"]
+    responses = streaming_fetch(beta_client, fresh, keys)
+    data = [r for r in responses if r.data]
+    errors = [r for r in responses if r.data_keys_with_error]
+    assert all(len(r.data) == 1 for r in data) and len(data) == 4
+    assert sorted(key for key, _ in answered(responses)) == sorted(set(keys) - {"item-2"})
+    assert len(errors) == 1 and [k.key for k in errors[0].data_keys_with_error] == ["item-2"]
+    assert errors[0].status.code == 13
+    # Shuffled: over a few streams the order is not always the request's.
+    orders = {tuple(key for key, _ in answered(streaming_fetch(beta_client, fresh, keys))) for _ in range(10)}
+    assert len(orders) > 1
+
+
+def test_streaming_fetch_limits_and_faults(fresh, beta_client):
+    with pytest.raises(exceptions.InvalidArgument, match="At most 100 data keys"):
+        streaming_fetch(beta_client, fresh, [f"k{i}" for i in range(101)])
+    fresh.fail_next = 1
+    with pytest.raises(exceptions.ServiceUnavailable):
+        streaming_fetch(beta_client, fresh, ["item-1"])
+    fresh.break_stream_after = 1
+    fresh.keys_per_message = 1
+    with pytest.raises(exceptions.ServiceUnavailable, match="mid-stream"):
+        streaming_fetch(beta_client, fresh, ["item-1", "item-2", "item-3"])
+    fresh.reset()
+    fresh.hang = True
+    with pytest.raises(exceptions.DeadlineExceeded):
+        streaming_fetch(beta_client, fresh, ["item-1"], timeout=0.2)

@@ -1,5 +1,6 @@
-"""What the two Vertex AI Feature Store backends share: settings, the
-per-worker thread pool, deadlines and retries, value checks and the cache.
+"""What the two Vertex AI Feature Store backends share: the fetch machinery
+(the per-worker thread pool, deadlines and retries), value checks, and the
+use of the cache (``cache.py``); settings are in ``settings.py``.
 
 Nothing here imports the Google libraries at import time: the gunicorn master
 parses the settings, and neither it nor a worker of another backend should
@@ -9,13 +10,15 @@ state across a fork. ``load()`` imports them, in the worker, after the fork.
 A request's features are fetched like this::
 
     entity ids (prefix + item id + suffix), duplicates fetched once
-      -> the cache, if enabled
-      -> chunks of at most chunk_size (<= 100) ids
-      -> one task per chunk on the worker's bounded thread pool, all at once:
-         the backend's calls, each with the time left as its gRPC timeout
-         (at most attempt_timeout_ms); UNAVAILABLE and DEADLINE_EXCEEDED are
-         retried with jittered exponential backoff (google.api_core.retry)
-         while time is left, never after
+      -> the cache, if enabled: what it serves is not fetched, and what it
+         serves stale is refreshed in the background
+      -> the backend's read (``_fetch_remote``): by default chunks of at most
+         chunk_size (<= 100) ids, one task per chunk on the worker's bounded
+         thread pool, all at once: the backend's calls, each with the time
+         left as its gRPC timeout (at most attempt_timeout_ms); UNAVAILABLE
+         and DEADLINE_EXCEEDED are retried with jittered exponential backoff
+         (google.api_core.retry) while time is left, never after. The
+         ``vertex`` backend's streaming reads replace this step (vertex.py).
       -> merged back in request order, before deadline_ms has passed
 
 Each entity ends in exactly one of three outcomes, never confused:
@@ -38,17 +41,16 @@ import logging
 import math
 import threading
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
 from mab.errors import ConfigError
 from mab.stores import FeatureBatch
+from mab.stores._vertex.cache import NOT_SERVED, SERVED_MISSING, FeatureCache
+from mab.stores._vertex.outcomes import FAILED, MISSING, DeadlineReached, UnexpectedAnswer
 
 log = logging.getLogger(__name__)
 
-#: The most entity ids one call may carry (the legacy service's limit).
-MAX_CHUNK_SIZE = 100
 # How long after the deadline fetch() still waits for a chunk whose calls
 # have all timed out: enough for a pool thread to notice and return.
 DEADLINE_GRACE = 0.02
@@ -57,199 +59,6 @@ MIN_ATTEMPT_SECONDS = 0.001
 # At most one warning per store this often; the rest are counted.
 WARNING_INTERVAL = 10.0
 CHANNEL_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
-
-
-class _Outcome:
-    def __init__(self, name):
-        self.name = name
-
-    def __repr__(self):
-        return self.name
-
-
-MISSING = _Outcome("MISSING")
-FAILED = _Outcome("FAILED")
-
-
-class DeadlineReached(Exception):
-    """The fetch's deadline passed before an attempt could start."""
-
-
-class UnexpectedAnswer(Exception):
-    """The service answered something the backend cannot read."""
-
-
-# -- settings ------------------------------------------------------------------
-
-
-def _pop_id(table, key, where, required):
-    """A resource id or project/location: a non-empty string without '/'."""
-    if key not in table:
-        if required:
-            raise ConfigError(f"{where}.{key} is required")
-        return None
-    value = table.pop(key)
-    if not isinstance(value, str) or not value or "/" in value or value != value.strip():
-        raise ConfigError(f"{where}.{key} must be a non-empty id without '/' or spaces, got {value!r}")
-    return value
-
-
-def _pop_number(table, key, where, default, *, minimum, maximum=None, integer=False, above=False):
-    if key not in table:
-        return default
-    value = table.pop(key)
-    kinds = int if integer else (int, float)
-    kind = "an integer" if integer else "a number"
-    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
-        raise ConfigError(f"{where}.{key} must be {kind}, got {value!r}")
-    if (value <= minimum if above else value < minimum) or (maximum is not None and value > maximum):
-        low = f"> {minimum}" if above else f">= {minimum}"
-        high = f" and <= {maximum}" if maximum is not None else ""
-        raise ConfigError(f"{where}.{key} must be {low}{high}, got {value!r}")
-    return float(value) if not integer else value
-
-
-def _pop_bool(table, key, where, default):
-    if key not in table:
-        return default
-    value = table.pop(key)
-    if not isinstance(value, bool):
-        raise ConfigError(f"{where}.{key} must be true or false, got {value!r}")
-    return value
-
-
-@dataclass(frozen=True, kw_only=True)
-class VertexSettings:
-    """Settings both Vertex backends take; each adds its resource ids.
-
-    Times are in milliseconds except the cache's TTL (seconds). The defaults
-    are starting points: tune deadline_ms and attempt_timeout_ms from the
-    latency the service measures.
-    """
-
-    name: str
-    project: str
-    location: str
-    api_endpoint: str | None = None    # default: the regional endpoint
-    plaintext: bool = False            # gRPC without TLS or credentials: local stand-ins only
-    deadline_ms: float = 300.0         # the whole feature fetch of one request
-    attempt_timeout_ms: float = 150.0  # one call; default half the deadline, so a hung call is retried once
-    chunk_size: int = MAX_CHUNK_SIZE
-    pool_size: int = 16
-    retry: bool = True
-    retry_initial_ms: float = 10.0
-    retry_max_ms: float = 100.0
-    retry_multiplier: float = 2.0
-    cache_ttl_seconds: float = 0.0     # 0: no cache
-    cache_max_entries: int = 100_000
-
-    # The backend's resource id keys, in the order of the resource name.
-    RESOURCE_KEYS = ()
-
-    @property
-    def endpoint(self):
-        return self.api_endpoint or f"{self.location}-aiplatform.googleapis.com"
-
-    @classmethod
-    def from_table(cls, name, table, where, base_dir):
-        table = dict(table)
-        values = {
-            "name": name,
-            "project": _pop_id(table, "project", where, required=True),
-            "location": _pop_id(table, "location", where, required=True),
-        }
-        for key in cls.RESOURCE_KEYS:
-            values[key] = _pop_id(table, key, where, required=True)
-        endpoint = table.pop("api_endpoint", None)
-        if endpoint is not None and (not isinstance(endpoint, str) or not endpoint.strip() or "/" in endpoint):
-            raise ConfigError(f"{where}.api_endpoint must be host or host:port, got {endpoint!r}")
-        values["api_endpoint"] = endpoint
-        values["plaintext"] = _pop_bool(table, "plaintext", where, False)
-        if values["plaintext"] and endpoint is None:
-            raise ConfigError(
-                f"{where}.plaintext needs api_endpoint: plaintext gRPC is only for a local "
-                f"endpoint such as a stand-in on 127.0.0.1:9010"
-            )
-        deadline = _pop_number(table, "deadline_ms", where, cls.deadline_ms, minimum=0, above=True)
-        values["deadline_ms"] = deadline
-        values["attempt_timeout_ms"] = _pop_number(
-            table, "attempt_timeout_ms", where, deadline / 2, minimum=0, maximum=deadline, above=True
-        )
-        values["chunk_size"] = _pop_number(
-            table, "chunk_size", where, cls.chunk_size, minimum=1, maximum=MAX_CHUNK_SIZE, integer=True
-        )
-        values["pool_size"] = _pop_number(table, "pool_size", where, cls.pool_size, minimum=1, maximum=1024, integer=True)
-        values["retry"] = _pop_bool(table, "retry", where, True)
-        initial = _pop_number(table, "retry_initial_ms", where, cls.retry_initial_ms, minimum=0, above=True)
-        values["retry_initial_ms"] = initial
-        values["retry_max_ms"] = _pop_number(table, "retry_max_ms", where, max(cls.retry_max_ms, initial), minimum=initial)
-        values["retry_multiplier"] = _pop_number(table, "retry_multiplier", where, cls.retry_multiplier, minimum=1)
-        values["cache_ttl_seconds"] = _pop_number(table, "cache_ttl_seconds", where, 0.0, minimum=0)
-        values["cache_max_entries"] = _pop_number(
-            table, "cache_max_entries", where, cls.cache_max_entries, minimum=1, integer=True
-        )
-        if table:
-            raise ConfigError(f"{where}: unknown setting(s) {', '.join(sorted(table))}")
-        return cls(**values)
-
-
-# -- the cache -----------------------------------------------------------------
-
-
-class FeatureCache:
-    """Entities' outcomes (counts or MISSING) for ``ttl`` seconds, per worker.
-
-    Holds at most ``max_entries``; the oldest go first. Failures are never
-    cached. Thread-safe: a gthread worker's request threads share it.
-    """
-
-    def __init__(self, ttl, max_entries):
-        self.ttl = ttl
-        self.max_entries = max_entries
-        self.hits = 0
-        self.misses = 0
-        self._entries = {}    # (features, entity id) -> (expires at, outcome), oldest first
-        self._lock = threading.Lock()
-
-    def get_many(self, features, entity_ids, now):
-        found = {}
-        with self._lock:
-            entries = self._entries
-            for entity_id in entity_ids:
-                entry = entries.get((features, entity_id))
-                if entry is not None and entry[0] > now:
-                    found[entity_id] = entry[1]
-            self.hits += len(found)
-            self.misses += len(entity_ids) - len(found)
-        return found
-
-    def put_many(self, features, outcomes, now):
-        expires = now + self.ttl
-        with self._lock:
-            entries = self._entries
-            for entity_id, outcome in outcomes.items():
-                if outcome is not FAILED:
-                    key = (features, entity_id)
-                    entries.pop(key, None)    # re-inserted last: the order stays oldest first
-                    entries[key] = (expires, outcome)
-            excess = len(entries) - self.max_entries
-            if excess > 0:
-                for key in [key for key, _ in zip(entries, range(excess))]:
-                    del entries[key]
-
-    def describe(self):
-        with self._lock:
-            return {
-                "enabled": True,
-                "ttl_seconds": self.ttl,
-                "max_entries": self.max_entries,
-                "entries": len(self._entries),
-                "hits": self.hits,
-                "misses": self.misses,
-            }
-
-
-# -- the store -----------------------------------------------------------------
 
 
 def timeout_until(end):
@@ -288,9 +97,11 @@ class VertexStore:
 
     backend = None
 
-    def __init__(self, settings, *, cache_dir=None):
+    def __init__(self, settings, *, cache_dir=None, clock=time.monotonic):
         # cache_dir: part of the store interface; a remote store keeps nothing on disk.
+        # clock: the time the cache ages its entries by (tests inject theirs).
         self.settings = settings
+        self._clock = clock
         self._client = None
         self._pool = None
         self._retry = None
@@ -334,7 +145,8 @@ class VertexStore:
             max_workers=settings.pool_size, thread_name_prefix=f"mab-store-{settings.name}"
         )
         if settings.cache_ttl_seconds > 0:
-            self._cache = FeatureCache(settings.cache_ttl_seconds, settings.cache_max_entries)
+            self._cache = FeatureCache(settings, self._refresh_fetch, clock=self._clock)
+            self._cache.start(settings.name)
         self._load_seconds = round(time.perf_counter() - start, 3)
 
     def _connect(self):
@@ -361,7 +173,9 @@ class VertexStore:
             ) from None
 
     def close(self):
-        """Stop the pool and close the channel (gunicorn's worker_exit)."""
+        """Stop the refresher and the pool, close the channel (gunicorn's worker_exit)."""
+        if self._cache is not None:
+            self._cache.close()
         pool, client = self._pool, self._client
         self._pool = self._client = None
         if pool is not None:
@@ -374,22 +188,43 @@ class VertexStore:
     def fetch(self, item_ids, prefix, suffix, features, deadline=None):
         """Features of ``prefix + item_id + suffix`` for each item, in order.
 
-        ``deadline`` is a ``time.monotonic()`` instant; the store's own
-        deadline_ms, counted from now, applies when it is sooner or None.
+        ``item_ids``: a list of str or an ``IdSpans``. ``deadline`` is a
+        ``time.monotonic()`` instant; the store's own deadline_ms, counted
+        from now, applies when it is sooner or None. Returns a FeatureBatch;
+        never raises for the store's own failures (they are failed items).
         """
         now = time.monotonic()
         end = now + self._deadline if deadline is None else min(deadline, now + self._deadline)
         features = tuple(features)
-        entity_ids = [prefix + item_id + suffix for item_id in item_ids] if prefix or suffix else list(item_ids)
-        unique = list(dict.fromkeys(entity_ids))
-        outcomes = {} if self._cache is None else self._cache.get_many(features, unique, now)
-        wanted = [entity_id for entity_id in unique if entity_id not in outcomes] if outcomes else unique
-        if wanted:
-            fetched = self._fetch_remote(wanted, features, end)
-            if self._cache is not None:
-                self._cache.put_many(features, fetched, time.monotonic())
-            outcomes.update(fetched)
-        return self._batch(entity_ids, outcomes, len(features))
+        if self._cache is None:
+            entity_ids = [prefix + item_id + suffix for item_id in item_ids] if prefix or suffix else list(item_ids)
+            outcomes = self._fetch_remote(list(dict.fromkeys(entity_ids)), features, end)
+            return self._batch(entity_ids, outcomes, len(features))
+        values, status = self._cache.lookup(features, item_ids, prefix, suffix)
+        missing = int(np.count_nonzero(status == SERVED_MISSING))
+        unserved = np.flatnonzero(status == NOT_SERVED).tolist()
+        if not unserved:
+            return FeatureBatch(tuple(values), missing)
+        entity_ids = [prefix + item_ids[i] + suffix for i in unserved]
+        outcomes = self._fetch_remote(list(dict.fromkeys(entity_ids)), features, end)
+        self._cache.store(features, outcomes)
+        failed_mask = None
+        for position, entity_id in zip(unserved, entity_ids):
+            outcome = outcomes.get(entity_id, FAILED)
+            if type(outcome) is tuple:
+                values[:, position] = outcome
+            elif outcome is MISSING:
+                missing += 1
+            else:
+                if failed_mask is None:
+                    failed_mask = np.zeros(len(status), dtype=bool)
+                failed_mask[position] = True
+        failed = 0 if failed_mask is None else int(failed_mask.sum())
+        return FeatureBatch(tuple(values), missing, failed, failed_mask)
+
+    def _refresh_fetch(self, entity_ids, features):
+        """The cache's refresher reads through the same path, with the store's deadline."""
+        return self._fetch_remote(entity_ids, features, time.monotonic() + self._deadline)
 
     def _fetch_remote(self, entity_ids, features, end):
         size = self.settings.chunk_size
@@ -440,13 +275,17 @@ class VertexStore:
 
     def _batch(self, entity_ids, outcomes, n_features):
         rows = [outcomes.get(entity_id, FAILED) for entity_id in entity_ids]
-        zeros = (0.0,) * n_features
-        values = [row if type(row) is tuple else zeros for row in rows]
-        columns = tuple(np.array([row[j] for row in values], dtype=np.float64) for j in range(n_features))
-        failed_mask = np.fromiter((row is FAILED for row in rows), dtype=bool, count=len(rows))
-        failed = int(failed_mask.sum())
-        missing = sum(row is MISSING for row in rows)
-        return FeatureBatch(columns, missing, failed, failed_mask if failed else None)
+        # list.count compares by identity first: C loops, not Python ones.
+        missing, failed = rows.count(MISSING), rows.count(FAILED)
+        failed_mask = None
+        if missing or failed:
+            zeros = (0.0,) * n_features
+            if failed:
+                failed_mask = np.fromiter((row is FAILED for row in rows), dtype=bool, count=len(rows))
+            rows = [row if type(row) is tuple else zeros for row in rows]
+        matrix = np.array(rows, dtype=np.float64).reshape(len(rows), n_features)
+        columns = tuple(np.ascontiguousarray(matrix[:, j]) for j in range(n_features))
+        return FeatureBatch(columns, missing, failed, failed_mask)
 
     # -- values ----------------------------------------------------------------
 
@@ -490,8 +329,8 @@ class VertexStore:
             self._stats["retries"] += 1
 
     def _record(self, n_entities, calls, outcomes, errors):
-        failed = sum(outcome is FAILED for outcome in outcomes.values())
-        missing = sum(outcome is MISSING for outcome in outcomes.values())
+        values = list(outcomes.values())
+        failed, missing = values.count(FAILED), values.count(MISSING)
         with self._lock:
             stats = self._stats
             stats["requests"] += 1
@@ -502,7 +341,7 @@ class VertexStore:
             stats["failed"] += failed
             if errors:
                 self._last_error = errors[-1][:500]
-        if errors:
+        if failed and errors:   # per-entity failures (bad values, keys answered with errors) say so themselves
             self._warn(
                 "features of %d of %d entities could not be fetched from %s: %s",
                 failed, n_entities, self.resource, errors[-1][:500],

@@ -1,0 +1,141 @@
+"""One long-lived gRPC stream per worker, shared by its request threads.
+
+For the bidirectional ``StreamingFetchFeatureValues`` of Vertex AI Feature
+Store (see ``mab.stores.vertex`` for why the store shares one stream rather
+than opening one per request). Request threads put their request messages on
+a queue that gRPC's request-consumer thread sends from; one reader thread
+takes every answer, decodes each entry once, and hands its outcome to every
+fetch waiting for that key. A fetch waits on its own event, which the reader
+sets when the fetch's last key is answered.
+
+When the stream ends (the service closed it, it broke, or a fetch waited past
+its timeout and so declared it hung), every fetch on it is woken with the
+reason; the store opens a new stream for the keys still outstanding.
+"""
+
+import queue
+import threading
+
+# What ends the request iterator that gRPC's consumer thread reads.
+_END = object()
+
+
+class StreamEnded(Exception):
+    """The shared stream stopped answering (the message says why); a fetch
+    on a new stream may succeed unless ``transient`` is false."""
+
+    def __init__(self, message, transient=True):
+        super().__init__(message)
+        self.transient = transient
+
+
+class _Fetch:
+    """One request's keys, waiting on the shared stream."""
+
+    __slots__ = ("features", "outcomes", "left", "done")
+
+    def __init__(self, n_keys, features):
+        self.features = features
+        self.outcomes = {}
+        self.left = n_keys
+        self.done = threading.Event()
+
+
+class SharedStream:
+    """A stream opened by ``open_call(request_iterator)`` (returning gRPC's
+    response iterator, which has ``cancel()``). ``read_answer(response,
+    deliver)`` reads one response message and calls ``deliver(key, entry)``
+    for each key it answers (``entry`` None for a key answered with an
+    error); ``decode(key, features, entry)`` gives the outcome of an entry
+    (values, MISSING or FAILED) for a tuple of feature names. ``as_error``
+    turns a ``rpc_error`` (gRPC's) into the store's error. Thread-safe."""
+
+    def __init__(self, open_call, read_answer, decode, failed, as_error, rpc_error, name):
+        self._read_answer = read_answer
+        self._decode = decode
+        self._failed = failed
+        self._as_error = as_error
+        self._rpc_error = rpc_error
+        self._outgoing = queue.SimpleQueue()
+        self._waiting = {}            # key -> [_Fetch]
+        self._lock = threading.Lock()
+        self.error = None             # why the stream ended; None while it serves
+        self._call = open_call(iter(self._outgoing.get, _END))
+        self._reader = threading.Thread(target=self._read, name=name, daemon=True)
+        self._reader.start()
+
+    def fetch(self, keys, features, messages, timeout):
+        """Send ``messages`` (asking for ``keys``, distinct) and wait at most
+        ``timeout`` seconds for their answers. Returns ``(outcomes, error)``:
+        the outcome of each key answered, and why the others were not (the
+        stream's error) or None. A fetch that times out ends the stream: a
+        stream that answers nobody in time is taken for hung."""
+        fetch = _Fetch(len(keys), features)
+        with self._lock:
+            if self.error is not None:
+                return {}, self.error
+            waiting = self._waiting
+            for key in keys:
+                waiters = waiting.get(key)
+                if waiters is None:
+                    waiting[key] = [fetch]
+                else:
+                    waiters.append(fetch)
+        for message in messages:
+            self._outgoing.put(message)
+        if not fetch.done.wait(timeout):
+            self.end(StreamEnded(f"no answer within {timeout * 1000:.0f} ms: the stream was taken for hung"))
+        with self._lock:
+            if fetch.left:
+                for key in keys:
+                    waiters = self._waiting.get(key)
+                    if waiters is not None and fetch in waiters:
+                        waiters.remove(fetch)
+                        if not waiters:
+                            del self._waiting[key]
+            return fetch.outcomes, (self.error if fetch.left else None)
+
+    def _deliver(self, key, entry):
+        # Called by read_answer, with the lock held.
+        waiters = self._waiting.pop(key, None)
+        if waiters is None:
+            return   # answered already (another fetch asked for it too), or given up
+        features, outcome = None, None
+        for fetch in waiters:
+            if fetch.features is not features:
+                features = fetch.features
+                outcome = self._failed if entry is None else self._decode(key, features, entry)
+            fetch.outcomes[key] = outcome
+            fetch.left -= 1
+            if not fetch.left:
+                fetch.done.set()
+
+    def _read(self):
+        try:
+            for response in self._call:
+                with self._lock:
+                    self._read_answer(response, self._deliver)
+            error = StreamEnded("the service ended the stream")
+        except self._rpc_error as exc:
+            error = self._as_error(exc)
+        except Exception as exc:   # a bug in decoding: end the stream rather than hang its fetches
+            error = StreamEnded(f"reading the stream failed: {exc!r}")
+        self.end(error)
+
+    def end(self, error):
+        """End the stream (idempotent); every waiting fetch wakes with ``error``."""
+        with self._lock:
+            if self.error is not None:
+                return
+            self.error = error
+            waiting, self._waiting = self._waiting, {}
+        self._outgoing.put(_END)
+        self._call.cancel()
+        for waiters in waiting.values():
+            for fetch in waiters:
+                fetch.done.set()
+
+    def close(self, timeout=1.0):
+        self.end(StreamEnded("the store is closing", transient=False))
+        if self._reader is not threading.current_thread():
+            self._reader.join(timeout)

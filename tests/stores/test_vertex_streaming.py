@@ -1,0 +1,129 @@
+"""The vertex backend's streaming reads (StreamingFetchFeatureValues) against
+the stand-in: matching by key whatever the framing, errors, breaks, hangs."""
+
+import numpy as np
+import pytest
+
+from tests.stores.conftest import RELAXED, numbered, timed
+from tests.vertex import FEATURES
+
+
+def assert_parity(batch, want):
+    assert batch.failed == 0 and batch.failed_mask is None
+    assert batch.missing == want.missing
+    for got, expected in zip(batch.columns, want.columns):
+        np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("keys_per_message", [0, 1, 7, 100])
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_parity_whatever_the_framing(standin, stores, embedded_store, keys_per_message, shuffle):
+    store = stores(standin, "vertex", **RELAXED)
+    standin.keys_per_message = keys_per_message
+    standin.shuffle = shuffle
+    ids = ["item-2", "brand-new", "item-1", "item-00003", "item-2", "also-new", "brand-new"] + numbered(250, 700)
+    batch = store.fetch(ids, "", "", FEATURES)
+    assert_parity(batch, embedded_store.fetch(ids, "", "", FEATURES))
+    unique = len(dict.fromkeys(ids))
+    assert sum(standin.ids_per_call("StreamingFetchFeatureValues")) == unique, "each key asked for once"
+    assert standin.ids_per_call() == [100, 100, 55], "request messages of at most chunk_size keys"
+    assert standin.streams == 1
+
+
+def test_one_request_message_per_chunk_size(standin, stores):
+    store = stores(standin, "vertex", chunk_size=30, **RELAXED)
+    store.fetch(numbered(100), "", "", FEATURES)
+    assert standin.ids_per_call() == [30, 30, 30, 10] and standin.streams == 1
+
+
+def test_keys_with_errors_fail_and_are_never_missing(standin, stores, embedded_store):
+    store = stores(standin, "vertex", **RELAXED)
+    standin.error_keys = frozenset({"item-00001", "brand-new"})
+    ids = ["item-00000", "item-00001", "brand-new", "other-new"]
+    batch = store.fetch(ids, "", "", FEATURES)
+    assert batch.failed_mask.tolist() == [False, True, True, False]
+    assert batch.failed == 2 and batch.missing == 1, "an unknown key with an error is failed, not missing"
+    assert batch.columns[0][0] == embedded_store.fetch(["item-00000"], "", "", FEATURES).columns[0][0]
+    assert standin.streams == 1, "per-key errors are answers, not a reason to retry"
+    assert store.describe()["fetches"]["failed"] == 2
+
+
+@pytest.mark.parametrize("keys_per_message", [0, 10])
+def test_a_stream_broken_after_half_is_retried_for_the_rest(standin, stores, embedded_store, keys_per_message):
+    store = stores(standin, "vertex", **RELAXED)
+    standin.keys_per_message = keys_per_message
+    standin.shuffle = True
+    ids = numbered(200)
+    standin.break_stream_after = 100
+    batch = store.fetch(ids, "", "", FEATURES)
+    assert_parity(batch, embedded_store.fetch(ids, "", "", FEATURES))
+    assert standin.streams == 2
+    # The second stream asked only for the keys the first did not answer.
+    assert sum(standin.ids_per_call()) == 200 + 100
+    assert store.describe()["fetches"]["retries"] == 1
+
+
+def test_without_retries_the_rest_of_a_broken_stream_fails(standin, stores, embedded_store):
+    store = stores(standin, "vertex", retry=False, **RELAXED)
+    standin.keys_per_message = 10
+    ids = numbered(100)
+    standin.break_stream_after = 50
+    batch = store.fetch(ids, "", "", FEATURES)
+    assert batch.failed == 50 and batch.missing == 0 and standin.streams == 1
+    assert not batch.failed_mask[:50].any() and batch.failed_mask[50:].all(), "in order, 10 keys a message"
+    np.testing.assert_array_equal(batch.columns[0][:50], embedded_store.fetch(ids[:50], "", "", FEATURES).columns[0])
+
+
+def test_a_hang_is_answered_within_the_deadline_and_50_ms(standin, stores):
+    store = stores(standin, "vertex", deadline_ms=200)
+    store.fetch(["item-1"], "", "", FEATURES)   # connected: the channel's setup is not the subject
+    standin.hang = True
+    # The best of three: a busy machine may delay one run's wake-up, but a
+    # store that overran its deadline would overrun it every time.
+    runs = [timed(lambda: store.fetch(numbered(300), "", "", FEATURES)) for _ in range(3)]
+    assert all(batch.failed == 300 and batch.missing == 0 for batch, _ in runs)
+    best = min(elapsed for _, elapsed in runs)
+    assert 0.2 <= best < 0.2 + 0.05, f"{best * 1000:.0f} ms"
+    assert standin.streams >= 2 * 3, "each run's first stream was cut at 100 ms and opened again"
+
+
+def test_the_request_deadline_bounds_the_fetch(standin, stores):
+    import time
+
+    store = stores(standin, "vertex", deadline_ms=10_000)
+    store.fetch(["item-1"], "", "", FEATURES)
+    standin.hang = True
+    start = time.monotonic()
+    batch = store.fetch(numbered(10), "", "", FEATURES, deadline=start + 0.15)
+    assert batch.failed == 10
+    assert time.monotonic() - start < 0.15 + 0.25
+
+
+def test_concurrent_requests_with_overlapping_keys(standin, stores, embedded_store):
+    """Sixteen threads, overlapping keys and duplicates, out-of-order answers
+    in small messages, and a stream broken in the middle: every answer is the
+    embedded store's."""
+    import random
+    import threading
+
+    store = stores(standin, "vertex", **RELAXED)
+    standin.keys_per_message = 7
+    standin.shuffle = True
+    rng = random.Random(3)
+    batches = [rng.sample(numbered(600), 150) + ["gone", "item-00001"] for _ in range(48)]
+    wanted = [embedded_store.fetch(ids, "", "", FEATURES) for ids in batches]
+    results = [None] * len(batches)
+    standin.break_stream_after = 100
+
+    def work(first):
+        for i in range(first, len(batches), 16):
+            results[i] = store.fetch(batches[i], "", "", FEATURES)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    for batch, want in zip(results, wanted):
+        assert_parity(batch, want)
+    assert store.describe()["fetches"]["retries"] >= 1, "the break was met, and retried"
