@@ -12,7 +12,7 @@ import unicodedata
 import numpy as np
 
 cimport numpy as cnp
-from libc.float cimport DBL_MIN
+from libc.float cimport DBL_MAX, DBL_MIN
 from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libc.string cimport memcpy
 
@@ -29,10 +29,9 @@ class CsvError(ValueError):
     """The file is not one this reader takes; the message names the line."""
 
 
-# The largest count: every integer up to it is a float64 exactly.
-MAX_COUNT = 9007199254740991
-
-cdef double MAX_COUNT_F = 9007199254740991.0
+# Every whole number up to 2**53 is a float64 exactly; above it, only those
+# whose odd part is below 2**53.
+cdef uint64_t EXACT_LIMIT = 1ULL << 53
 
 # -- byte classes ------------------------------------------------------------
 
@@ -200,6 +199,11 @@ cdef _raise(Cursor *c, str where):
     raise CsvError(message)
 
 
+def _shown(str text):
+    """``text`` for a message: quoted, and cut if long."""
+    return repr(text) if len(text) <= 80 else repr(text[:80]) + f"... ({len(text)} characters)"
+
+
 def _text(bytes data, Py_ssize_t start, Py_ssize_t end, int doubled):
     text = data[start:end].decode("utf-8", "backslashreplace")
     return text.replace('""', '"') if doubled else text
@@ -326,10 +330,36 @@ cdef enum:
     N_SIGNED = 3
     N_TOO_LARGE = 4
     N_TOO_SMALL = 5
+    N_INEXACT = 6
 
 
 cdef inline bint _digit(uint8_t ch) noexcept nogil:
     return 48 <= ch <= 57
+
+
+cdef inline int _trailing_zeros(uint64_t v) noexcept nogil:
+    cdef int n = 0
+    while not (v & 1):
+        v >>= 1
+        n += 1
+    return n
+
+
+cdef int _whole_number(bytes digits, double *out) except -1:
+    """A whole number of more than 19 significant digits (rare): exact, or
+    refused. Over 309 digits it is over DBL_MAX (and int() would refuse
+    more than 4,300 digits, sys.get_int_max_str_digits)."""
+    if len(digits) > 309:
+        return N_TOO_LARGE
+    n = int(digits)
+    try:
+        x = float(n)
+    except OverflowError:
+        return N_TOO_LARGE
+    if int(x) != n:
+        return N_INEXACT
+    out[0] = x
+    return N_OK
 
 
 cdef int _parse_count(const uint8_t *b, Py_ssize_t s, Py_ssize_t e, double *out) except -1:
@@ -346,17 +376,18 @@ cdef int _parse_count(const uint8_t *b, Py_ssize_t s, Py_ssize_t e, double *out)
     while p < e and _digit(b[p]):
         p += 1
     if p == e:
-        # An integer: exact in uint64, so no rounding can hide a value over the limit.
+        # A whole number, in digits: held exactly or refused. Up to 19
+        # significant digits it is exact in uint64; beyond, Python's int.
         q = s
         while q < e - 1 and b[q] == 48:
             q += 1
-        if e - q > 16:
-            return N_TOO_LARGE
+        if e - q > 19:
+            return _whole_number((<char *>b)[q:e], out)
         while q < e:
             v = v * 10 + (b[q] - 48)
             q += 1
-        if v > <uint64_t>MAX_COUNT:
-            return N_TOO_LARGE
+        if v > EXACT_LIMIT and (v >> _trailing_zeros(v)) >= EXACT_LIMIT:
+            return N_INEXACT
         out[0] = <double>v
         return N_OK
     digits = p - s
@@ -389,7 +420,7 @@ cdef int _parse_count(const uint8_t *b, Py_ssize_t s, Py_ssize_t e, double *out)
     x = PyOS_string_to_double(<const char *>(b + s), &end, NULL)
     if <const uint8_t *>end != b + e:
         return N_NOT_NUMBER
-    if not x <= MAX_COUNT_F:
+    if not x <= DBL_MAX:
         return N_TOO_LARGE
     if nonzero and x < DBL_MIN:
         return N_TOO_SMALL
@@ -398,17 +429,21 @@ cdef int _parse_count(const uint8_t *b, Py_ssize_t s, Py_ssize_t e, double *out)
 
 
 def _count_message(int problem, str text):
+    shown = _shown(text)
     if problem == N_EMPTY:
         return "empty value"
     if problem == N_SIGNED:
-        return f"{text!r} is not a count: counts are >= 0 and written without a sign"
+        return f"{shown} is not a count: counts are >= 0 and written without a sign"
     if problem == N_TOO_LARGE:
+        return f"{shown} is over 1.7976931348623157e308, the largest float64"
+    if problem == N_INEXACT:
         return (
-            f"{text!r} is over {MAX_COUNT} (2**53 - 1), the largest count a float64 holds exactly"
+            f"{shown} is a whole number that float64 cannot hold exactly (it would read as "
+            f"{int(float(int(text.lstrip('0')))):d}); whole numbers written in digits are held exactly or refused"
         )
     if problem == N_TOO_SMALL:
-        return f"{text!r} is not zero but below 2.2e-308, the smallest normal float64"
-    return f"{text!r} is not a number (counts are written like 12, 0.5 or 1e3, with a '.' for decimals)"
+        return f"{shown} is not zero but below 2.2e-308, the smallest normal float64"
+    return f"{shown} is not a number (counts are written like 12, 0.5 or 1e3, with a '.' for decimals)"
 
 
 def parse_count(bytes text):
@@ -429,10 +464,10 @@ cdef _id_error(int problem, bytes data, Field *f, str column):
     if problem == ID_CONTROL:
         bad = next(ch for ch in text if unicodedata.category(ch) == "Cc")
         raise CsvError(
-            f"{where}: the id {text!r} holds a control character (U+{ord(bad):04X}); ids must be printable"
+            f"{where}: the id {_shown(text)} holds a control character (U+{ord(bad):04X}); ids must be printable"
         )
     raise CsvError(
-        f"{where}: the id {text!r} has leading or trailing whitespace; ids are matched exactly as "
+        f"{where}: the id {_shown(text)} has leading or trailing whitespace; ids are matched exactly as "
         "written, so it would never match the id without it"
     )
 

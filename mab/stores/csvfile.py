@@ -31,13 +31,15 @@ counts) are compiled, in ``mab.stores._csv``. The rules, which the README's
   Unicode normal forms are refused (``check_normal_forms``).
 * Counts: decimal numbers without sign, ``[0-9]+`` or ``[0-9]*.[0-9]*``
   with at least one digit, optionally followed by ``e`` or ``E``, an
-  optional sign and digits. Read as float64, rounded to nearest (Python's
-  own ``float()`` algorithm, independent of the C locale). At most
-  2**53 - 1 = 9007199254740991, the largest float64 below which every
-  integer is held exactly; a non-zero count that rounds below the smallest
-  normal float64 (2.2e-308) is refused as well. Hex, ``inf``, ``nan``,
-  signs (``-0``, ``+5``), ``1_000``, ``1,5`` and surrounding spaces are not
-  numbers here.
+  optional sign and digits; finite, at most DBL_MAX (1.7976931348623157e308).
+  A whole number written in digits only is a count of events: it is held
+  exactly or refused (every one up to 2**53 = 9007199254740992 is, above
+  that only those float64 holds, so 9007199254740993 is refused). Decimals
+  and exponent forms are rounded to the nearest float64 (Python's own
+  ``float()``, independent of the C locale), as any reader of ``0.1`` must.
+  A non-zero count below the smallest normal float64 (2.2e-308) is refused.
+  Hex, ``inf``, ``nan``, signs (``-0``, ``+5``), ``1_000``, ``1,5`` and
+  surrounding spaces are not numbers here.
 
 Line numbers are the file's physical lines, counted from 1, as an editor
 shows them; a quoted line break starts a new one.
