@@ -4,7 +4,7 @@
 does what runs once per byte or per field, so that a file of ten million
 rows is read in seconds: the RFC 4180 tokenizer (quotes, line endings),
 the header, the ids, and the counts. Every error is a ``CsvError`` whose
-message starts with the line (and names the column where that helps).
+message names the line (and the column where that helps).
 """
 
 import unicodedata

@@ -200,10 +200,12 @@ def _remove_stale_caches(source, cache_dir, keep):
 def pin(copies):
     """Make ``Store.load``, in this process and in every process it forks
     from now on, map these compiled copies: ``{CSV path: compiled copy}``,
-    as ``mab.preflight.check_embedded_stores`` found them. The gunicorn master pins what it
-    checked, so its workers serve exactly that data and never read a CSV
-    file themselves: a file changed or broken after the start reaches them
-    only through a new check (a restart, or a reload on HUP).
+    as ``mab.preflight.check_embedded_stores`` found them. The gunicorn
+    master pins what it checked, so its workers serve exactly that data and
+    never read a CSV file themselves: a file changed or broken after the
+    start reaches them only through a new check (a restart, or a reload on
+    HUP). Raises ``DataError`` if a copy cannot be opened; then the earlier
+    pins stay.
 
     Each copy is held by a shared ``flock`` on its directory for as long as
     this process or a child lives, so that no other process removes it as
@@ -215,7 +217,11 @@ def pin(copies):
             fd = _pin_fds.get(target)
             if fd is None:
                 fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
-                fcntl.flock(fd, fcntl.LOCK_SH)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH)
+                except OSError:
+                    os.close(fd)
+                    raise
             fds[target] = fd
     except OSError as exc:
         for target, fd in fds.items():
