@@ -5,7 +5,15 @@ gunicorn's examples/example_config.py. gunicorn's own variables keep their
 meaning: WEB_CONCURRENCY sets the worker count, and GUNICORN_CMD_ARGS (for
 example "--bind 0.0.0.0:8080") overrides anything in this file.
 
-    gunicorn -c gunicorn.conf.py app:app
+This file is in the package so that an installed mab can be served from any
+directory; ``mab serve`` runs gunicorn with it as its configuration file:
+
+    mab serve                                   # = python -m gunicorn -c <this file> mab.wsgi:app
+    gunicorn -c gunicorn.conf.py app:app        # in a checkout: that file runs this one
+
+gunicorn executes a configuration file again on every reload (HUP), so the
+settings below are read afresh then; do not import this module for its
+values, which are computed when it runs.
 """
 
 import os

@@ -1,4 +1,5 @@
-"""The WSGI entry point: ``gunicorn -c gunicorn.conf.py app:app``.
+"""The WSGI entry point: ``mab serve``, which runs ``gunicorn -c
+mab/gunicorn_conf.py mab.wsgi:app`` (in a checkout, ``app.py`` re-exports it).
 
 gunicorn imports this module in each worker, after the fork, so the store
 maps, random streams and any clients belong to the worker that uses them.

@@ -1,0 +1,86 @@
+"""Progress of a long, compiled step: elapsed time on stderr while it runs.
+
+Compiling a CSV is one call into compiled code that holds the GIL for the
+whole parse (about 8 s for 10 million rows), so a thread of this process
+could not print meanwhile. The work runs in a forked child process instead,
+and this process reports. Forking is safe here: the command's process is
+single-threaded and has run no OpenMP region (it never samples).
+"""
+
+import multiprocessing
+import sys
+import time
+import traceback
+
+#: Seconds between progress reports: on a terminal the line is redrawn in
+#: place; elsewhere (a log, a pipeline) a line is written now and then.
+TTY_INTERVAL = 0.5
+LOG_INTERVAL = 5.0
+
+
+def _child(send, function, args):
+    try:
+        result = (True, function(*args))
+    except BaseException as exc:     # noqa: BLE001 - everything goes back to the parent
+        # An exception that cannot be pickled still reaches the parent as text.
+        result = (False, exc)
+        try:
+            send.send(result)
+            return
+        except Exception:
+            result = (False, RuntimeError("".join(traceback.format_exception(exc))))
+    send.send(result)
+
+
+def run_with_progress(label, function, *args, stream=None, interval=None):
+    """Call ``function(*args)`` in a child process and return its result,
+    writing ``label`` and the elapsed seconds to ``stream`` (default stderr)
+    every ``interval`` seconds while it runs (default: 0.5 s on a terminal,
+    redrawn in place, else 5 s, one line each).
+
+    ``function`` must be a module-level function; its result and any
+    exception it raises must be picklable (an exception that is not comes
+    back as a RuntimeError with the child's traceback). The exception is
+    raised again here. Raises RuntimeError if the child dies without an
+    answer (killed by the OOM killer, say). On KeyboardInterrupt the child
+    is killed before the exception propagates.
+    """
+    stream = sys.stderr if stream is None else stream
+    tty = stream.isatty()
+    if interval is None:
+        interval = TTY_INTERVAL if tty else LOG_INTERVAL
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_child, args=(send, function, args), daemon=True)
+    started = time.monotonic()
+    child.start()
+    send.close()
+    reported = answered = False
+    try:
+        # A child that dies closes its end of the pipe: poll() is then true
+        # and recv() raises EOFError.
+        while not receive.poll(interval):
+            elapsed = time.monotonic() - started
+            if tty:
+                stream.write(f"\r{label} ... {elapsed:.0f} s")
+            else:
+                stream.write(f"{label} ... {elapsed:.0f} s\n")
+            stream.flush()
+            reported = True
+        try:
+            ok, value = receive.recv()
+            answered = True
+        except EOFError:
+            child.join()
+            raise RuntimeError(f"{label}: the worker process died (exit status {child.exitcode})") from None
+    finally:
+        if tty and reported:
+            stream.write("\r\033[K")     # erase the progress line
+            stream.flush()
+        if not answered and child.is_alive():
+            child.kill()
+        child.join()
+        receive.close()
+    if ok:
+        return value
+    raise value
