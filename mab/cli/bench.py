@@ -51,10 +51,11 @@ requests, as popular items do); --bodies sets how many different request
 bodies wrk rotates through."""
 
 
-def checkout_root():
-    """The root of the git checkout this mab runs from (an editable install
-    or a source tree), or None for an installed package."""
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+def checkout_root(module_file=__file__):
+    """The root of the checkout this mab runs from (an editable install or a
+    source tree), or None for an installed package. ``module_file``: the
+    path of this module, mab/cli/bench.py."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(module_file))))
     markers = ("pyproject.toml", os.path.join("scripts", "serve"), os.path.join("mab", "gunicorn_conf.py"))
     return root if all(os.path.exists(os.path.join(root, m)) for m in markers) else None
 
