@@ -193,7 +193,7 @@ def cache_key(csv, cache_dir):
     }
 
 
-def describe(path, cache_dir, label=None):
+def describe(path, cache_dir):
     """Everything ``mab data inspect`` says about ``path`` (a CSV file or a
     compiled copy's directory), as a JSON-ready dict. Raises DataError for
     an invalid CSV, OSError for a file that cannot be read."""
@@ -224,7 +224,7 @@ def describe(path, cache_dir, label=None):
         described = describe(cache["directory"], cache_dir)
         described["cache"] = cache
         return described
-    summary = run_with_progress(label or f"reading {path}", _describe_csv, path)
+    summary = run_with_progress(f"reading {path} ({_size(identity['bytes'])})", _describe_csv, path)
     return {"source": identity, "cache": cache, **summary}
 
 

@@ -4,9 +4,10 @@ It replaces itself (``exec``) with ``python -m gunicorn -c
 <mab/gunicorn_conf.py> [ARGS...] mab.wsgi:app``. After the exec the process
 is gunicorn's master, with the same PID, so signals (HUP to reload, TERM to
 stop, TTIN/TTOU, USR2 to upgrade) reach gunicorn itself and nothing stands
-between it and a process manager. Running gunicorn's application class in
-this process instead would work too, but gunicorn's USR2 re-exec replays
-``sys.argv``, which would then be ``mab``'s.
+between it and a process manager. That is the simplest way to keep all of
+gunicorn's behaviour: gunicorn then runs exactly as ``python -m gunicorn``
+does, its command line parsed by gunicorn, and its USR2 re-exec replays that
+command line rather than ``mab``'s.
 """
 
 import argparse
