@@ -105,6 +105,7 @@ def build_extensions():
         extension("mab._lists"),
         extension("mab._ranking"),
         extension("mab._wire"),
+        extension("mab.stores._csv"),
         extension("mab.stores._table"),
         extension("mab.stores._cache"),
     ]

@@ -116,23 +116,36 @@ def _route_app_logs(log):
 
 
 def on_starting(server):
-    """In the master, before any socket or worker: validate the configuration
-    and compile the embedded stores, so that a bad configuration or bad data
-    stops the start with one clear message."""
+    """In the master, before any socket or worker: validate the configuration,
+    then compile, map and check every embedded store and the models on it,
+    exactly as a worker will load them (mab.preflight), and pin the checked
+    copies for the workers. A bad configuration or a file the workers could
+    not serve stops the start with one clear message and exit status 1."""
     from mab.config import load_config
     from mab.errors import MabError
-    from mab.stores.embedded import Settings as EmbeddedSettings
-    from mab.stores.embedded import prepare
+    from mab.preflight import check_embedded_stores
 
     _route_app_logs(server.log)
     try:
-        config = load_config()
-        for settings in config.stores.values():
-            if isinstance(settings, EmbeddedSettings):
-                path, built = prepare(settings.path, config.cache_dir)
-                server.log.info("store %r: %s %s", settings.name, "compiled into" if built else "using", path)
+        for name, path in check_embedded_stores(load_config()).items():
+            server.log.info("store %r: checked, compiled into %s", name, path)
     except MabError as exc:
         sys.exit(f"mab: {exc.message}")
+
+
+def on_reload(server):
+    """On HUP, before the new workers start: check the data again, so they
+    serve the file as it is now. If it fails, the new workers keep serving
+    the copy checked before, and the error is logged."""
+    from mab.config import load_config
+    from mab.errors import MabError
+    from mab.preflight import check_embedded_stores
+
+    try:
+        for name, path in check_embedded_stores(load_config()).items():
+            server.log.info("store %r: checked again, compiled into %s", name, path)
+    except MabError as exc:
+        server.log.error("mab: reload: %s; workers keep serving the data checked before", exc.message)
 
 
 def post_fork(server, worker):

@@ -13,6 +13,12 @@ Samples whose innermost Python frame is waiting in the event loop's
 epoll; they are counted apart and not charged to any stage.
 
     .venv/bin/python scripts/profile_server.py [--ids 400] [--seconds 15]
+    .venv/bin/python scripts/profile_server.py --backend vertex [--cache] [--zipf 1.1]
+
+With --backend vertex or vertex-legacy the service reads its features from
+the local Vertex AI stand-in (pinned to --load-cores beside wrk), and every
+thread of the worker is sampled: request threads, the shared stream's
+reader, the cache's refresher and gRPC's own threads.
 
 Needs py-spy (pip install -e '.[bench]') and wrk.
 """
@@ -28,11 +34,23 @@ from collections import Counter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
-from bench import CLK_TCK, WRK_SCRIPT, cpu_ticks, ensure_wrk, free_port, python, read_ids, write_bodies  # noqa: E402
+from bench import (  # noqa: E402
+    CLK_TCK, WRK_SCRIPT, cpu_ticks, ensure_wrk, free_port, make_vertex, python, read_ids, write_bodies,
+)
 
 # (stage, predicate over the frames of one sample, outermost first). Order
 # matters: the first match wins, so narrow stages come before broad ones.
 STAGES = [
+    ("remote features: cache lookup (compiled)", lambda f: any(x.startswith(("FeatureCache.lookup", "EntityCache")) for x in f)),
+    ("remote features: cache refresher (background)", lambda f: any(x.startswith("FeatureCache._refresh") for x in f)),
+    ("remote features: decoding answers", lambda f: any(x.startswith(("Store._read_answer", "Store._entry_outcome", "Store._key_counts", "Store._counts")) for x in f)),
+    ("remote features: shared stream, receiving (reader thread)", lambda f: any(x.startswith("SharedStream._read") for x in f)),
+    ("remote features: building request messages", lambda f: any(x.startswith("Store._requests") for x in f)),
+    ("remote features: sending (gRPC's request thread)", lambda f: any("_consume_request_iterator" in x for x in f)),
+    ("remote features: waiting for answers, hand-off (request thread)", lambda f: any(x.startswith("SharedStream.fetch") for x in f)),
+    ("remote features: batch assembly and bookkeeping", lambda f: any(x.startswith(("VertexStore.fetch", "Store._fetch_remote", "VertexStore._fetch_remote", "Store.fetch ")) for x in f)
+        and any("_vertex" in x or "vertex.py" in x for x in f)),
+    ("gRPC (channel threads)", lambda f: any("grpc" in x for x in f)),
     ("body parsing (mab._wire, compiled)", lambda f: any(x.startswith("PredictionResource.on_post") and "parse_predict_body" in x for x in f)
         or any(x.startswith("request_from_fields") for x in f)),
     ("JSON encode", lambda f: any(x.startswith("ranked_ids_json") for x in f)),
@@ -54,7 +72,15 @@ STAGES = [
         or any(x.startswith("HttptoolsWorker.readable") and "recv" in x for x in f)),
     ("worker: event loop", lambda f: any(x.startswith("HttptoolsWorker.") for x in f)),
 ]
-IDLE = "waiting in epoll (idle or kernel)"
+IDLE = "waiting (epoll, locks, queues: idle, or the kernel)"
+# Innermost frames of a thread that is blocked, not working: py-spy's own idle
+# detection does not recognise them on this kind of VM, so a sampled thread
+# waiting on a lock or a queue would otherwise be charged as busy.
+BLOCKED = (
+    "Condition.wait (threading.py", "Event.wait (threading.py", "EpollSelector.select (selectors.py",
+    "_worker (concurrent/futures/thread.py", "channel_spin (grpc/_channel.py",
+    "consume_request_iterator (grpc/_channel.py:276)",
+)
 
 
 def frames_of(stack, sources):
@@ -94,7 +120,8 @@ def classify(raw_path):
             total += n
             frames = frames_of(stack, sources)
             innermost = frames[-1] if frames else ""
-            if "select" in innermost.split(" (")[0].lower() or innermost.startswith(("EpollSelector", "poll")):
+            if ("select" in innermost.split(" (")[0].lower() or innermost.startswith(("EpollSelector", "poll"))
+                    or any(marker in innermost for marker in BLOCKED)):
                 counts[IDLE] += n
                 continue
             for stage, matches in STAGES:
@@ -115,6 +142,11 @@ def main(argv=None):
     parser.add_argument("--server-cores", default="0")
     parser.add_argument("--load-cores", default="1")
     parser.add_argument("--app", default="app:app", help="WSGI app (e.g. 'mab.baseline:create_baseline_app()')")
+    parser.add_argument("--backend", choices=("embedded", "vertex", "vertex-legacy"), default="embedded",
+                        help="where features come from (default embedded; the Vertex ones from the local stand-in)")
+    parser.add_argument("--cache", action="store_true", help="with a Vertex backend: the cache on (600 s TTL)")
+    parser.add_argument("--zipf", type=float, metavar="S", help="draw ids from a Zipf law (see bench.py)")
+    parser.add_argument("--bodies", type=int, default=32)
     args = parser.parse_args(argv)
     ensure_wrk()
     work = tempfile.mkdtemp(prefix="mab-profile-")
@@ -122,13 +154,23 @@ def main(argv=None):
     subprocess.run([python(), os.path.join(ROOT, "scripts", "make_demo_data.py"), "--items", str(args.items),
                     "--out", data], check=True, stderr=subprocess.DEVNULL)
     bodies = os.path.join(work, "bodies.jsonl")
-    write_bodies(bodies, read_ids(data), args.ids, count=32, seed=20261122)
+    write_bodies(bodies, read_ids(data), args.ids, count=args.bodies, seed=20261122, zipf=args.zipf)
     script = os.path.join(work, "bench.lua")
     with open(script, "w") as f:
         f.write(WRK_SCRIPT)
     port = free_port()
     env = dict(os.environ, MAB_DATA=data, MAB_CACHE_DIR=os.path.join(work, "cache"), WEB_CONCURRENCY="1",
                GUNICORN_CMD_ARGS=f"--bind 127.0.0.1:{port}")
+    standin = None
+    if args.backend != "embedded":
+        args.data, args.work_dir, args.standin = data, work, None
+        args.standin_latency_ms, args.standin_keys_per_message, args.cache_refresh_after = 0.0, 0, 5.0
+        args.workers = 1
+        system = make_vertex(f"profile-{args.backend}", args, args.backend, cache=args.cache)
+        standin = system.standin
+        standin.start()
+        env.pop("MAB_DATA")
+        env["MAB_CONFIG"] = system.env["MAB_CONFIG"]
     log = open(os.path.join(work, "server.log"), "w")
     server = subprocess.Popen(["taskset", "-c", args.server_cores, python(), "-m", "gunicorn", "-c",
                                os.path.join(ROOT, "gunicorn.conf.py"), args.app],
@@ -161,6 +203,8 @@ def main(argv=None):
         server.terminate()
         server.wait(30)
         log.close()
+        if standin is not None:
+            standin.stop()
     if spy.returncode != 0:
         raise SystemExit(f"py-spy failed: {spy.stderr}")
     stats = next(line for line in out.splitlines() if line.startswith("MABSTATS")).split()

@@ -1,11 +1,8 @@
 """Compiled core of the embedded feature store.
 
-Three jobs, each a loop that would cost seconds (loading) or most of a
-request (lookup) in Python:
+Loops that would cost seconds (loading) or most of a request (lookup) in
+Python, over the arrays ``mab.stores.csvfile.read_csv`` makes of a CSV file:
 
-* ``parse_csv``: the rows of a CSV file of ``id,feature,feature,...`` into a
-  byte blob of ids, their offsets, and a float64 matrix of features, with
-  every bad value reported by line and column;
 * ``build_slots``: an open-addressing hash index over those ids (linear
   probing, load factor at most 2/3); each 64-bit slot holds the upper 32
   bits of the id's hash and row + 1, so a probe rarely touches the id bytes
@@ -27,13 +24,14 @@ import numpy as np
 cimport numpy as cnp
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.unicode cimport PyUnicode_Check
-from libc.math cimport isfinite
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
-from libc.stdlib cimport free, malloc, strtod
-from libc.string cimport memchr, memcmp, memcpy
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcmp, memcpy
 
 from mab._wire cimport IdSpans
 from mab.stores._hash cimport hash_bytes
+
+from mab.stores._csv import CsvError
 
 cnp.import_array()
 
@@ -73,114 +71,6 @@ def slot_count(Py_ssize_t n_rows):
     while size < n_rows + n_rows // 2:
         size *= 2
     return size
-
-
-# --------------------------------------------------------------------------
-# CSV parsing
-# --------------------------------------------------------------------------
-
-class CsvError(ValueError):
-    """A malformed or invalid row; the message names the line and column."""
-
-
-def _field_text(const uint8_t *start, Py_ssize_t n):
-    return (<char *>start)[:n].decode("utf-8", "replace")
-
-
-def parse_csv(bytes data, Py_ssize_t body_start, list columns):
-    """Parse the rows of a CSV file whose header has already been read.
-
-    ``data`` is the whole file (a ``bytes`` object, which CPython keeps
-    NUL-terminated, so ``strtod`` can never read past it), ``body_start``
-    the offset of the first data row and ``columns`` the header's names
-    (id column first). Lines may end in LF or CRLF; blank lines are skipped.
-
-    Returns ``(blob, offsets, values, line_numbers)``: the ids' UTF-8 bytes
-    back to back, offsets (``n + 1`` int64) into the blob, a float64 matrix
-    of shape ``(n_features, n + 1)`` whose last column is zeros (the row
-    that missing ids point at), and the file line number of every row.
-
-    Raises ``CsvError`` naming the line and column of the first row with the
-    wrong number of fields, an empty or quoted id, a value that is not a
-    number, or a count that is negative or not finite.
-    """
-    cdef const uint8_t *buf = <const uint8_t *><char *>data
-    cdef Py_ssize_t size = len(data)
-    cdef Py_ssize_t n_features = len(columns) - 1
-    # An upper bound on rows: the number of line feeds, plus a last line
-    # without one.
-    cdef Py_ssize_t capacity = data.count(b"\n", body_start) + 1
-    cdef cnp.ndarray offsets = np.empty(capacity + 1, dtype=np.int64)
-    cdef cnp.ndarray values = np.zeros((n_features, capacity + 1), dtype=np.float64)
-    cdef cnp.ndarray lines = np.empty(capacity, dtype=np.int64)
-    cdef int64_t *off = <int64_t *>cnp.PyArray_DATA(offsets)
-    cdef double *val = <double *>cnp.PyArray_DATA(values)
-    cdef int64_t *line_of = <int64_t *>cnp.PyArray_DATA(lines)
-    # The blob is written in place over a copy of the ids; ids are never
-    # longer than the file.
-    cdef cnp.ndarray blob = np.empty(size - body_start + 1, dtype=np.uint8)
-    cdef uint8_t *out = <uint8_t *>cnp.PyArray_DATA(blob)
-    cdef Py_ssize_t pos = body_start, line_end, field_end, n = 0, written = 0, f, stride = capacity + 1
-    cdef Py_ssize_t line_no = 1 + data.count(b"\n", 0, body_start)
-    cdef const uint8_t *nl
-    cdef const uint8_t *p
-    cdef char *end
-    cdef double x
-    off[0] = 0
-    while pos < size:
-        nl = <const uint8_t *>memchr(buf + pos, b"\n", size - pos)
-        line_end = (nl - buf) if nl != NULL else size
-        field_end = line_end
-        if field_end > pos and buf[field_end - 1] == b"\r":
-            field_end -= 1
-        if field_end == pos:                   # blank line
-            pos = line_end + 1
-            line_no += 1
-            continue
-        # The id: everything up to the first comma.
-        p = <const uint8_t *>memchr(buf + pos, b",", field_end - pos)
-        if p == NULL:
-            raise CsvError(f"line {line_no}: expected {len(columns)} fields, found 1")
-        if p == buf + pos:
-            raise CsvError(f"line {line_no}: empty {columns[0]!r}")
-        if buf[pos] == b'"':
-            raise CsvError(f"line {line_no}: quoted fields are not supported")
-        memcpy(out + written, buf + pos, (p - buf) - pos)
-        written += (p - buf) - pos
-        pos = (p - buf) + 1
-        for f in range(n_features):
-            # Each value runs to the next comma (or the end of the line).
-            p = <const uint8_t *>memchr(buf + pos, b",", field_end - pos)
-            if p == NULL:
-                if f != n_features - 1:
-                    raise CsvError(f"line {line_no}: expected {len(columns)} fields, found {f + 2}")
-                p = buf + field_end
-            elif f == n_features - 1:
-                raise CsvError(f"line {line_no}: expected {len(columns)} fields, found more")
-            if p == buf + pos:
-                raise CsvError(f"line {line_no}, column {columns[f + 1]!r}: empty value")
-            x = strtod(<const char *>(buf + pos), &end)
-            if <const uint8_t *>end != p:
-                raise CsvError(
-                    f"line {line_no}, column {columns[f + 1]!r}: "
-                    f"{_field_text(buf + pos, (p - buf) - pos)!r} is not a number"
-                )
-            if not isfinite(x) or x < 0.0:
-                raise CsvError(
-                    f"line {line_no}, column {columns[f + 1]!r}: {x!r} is not a count "
-                    "(counts must be finite and >= 0)"
-                )
-            val[f * stride + n] = x
-            pos = (p - buf) + 1
-        line_of[n] = line_no
-        n += 1
-        off[n] = written
-        pos = line_end + 1
-        line_no += 1
-    # Trim to the rows found; the zero row moves to index n.
-    values = np.ascontiguousarray(values[:, : n + 1])
-    values[:, n] = 0.0
-    return blob[:written].copy(), offsets[: n + 1].copy(), values, lines[:n].copy()
 
 
 # --------------------------------------------------------------------------

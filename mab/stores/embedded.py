@@ -1,19 +1,26 @@
 """The embedded feature store: a CSV file, compiled once, mapped by every worker.
 
 The CSV has a header row; its first column is the entity id, the others are
-numeric features (counts: finite and >= 0), for example::
+numeric features (counts), for example::
 
     item_id,successes,failures
     item-000000,33,33570
 
-Loading parses the CSV with a compiled parser and builds a hash index over
-the ids, then writes the result as plain ``.npy`` arrays into a cache
-directory keyed by the file's path, size and modification time. Every worker
-then maps those files read-only: the operating system keeps one copy of the
-pages however many workers there are, and a restarted worker is ready in
-milliseconds. The first process to need a cache builds it under a file lock;
-the gunicorn master builds it before forking (see ``gunicorn.conf.py``), so a
-data error stops the start instead of leaving workers unready.
+``mab.stores.csvfile`` reads it exactly as written or refuses it, naming the
+line (the rules are in its docstring and in the README). Compiling then
+builds a hash index over the ids and writes the result as plain ``.npy``
+arrays into a cache directory keyed by the file's path, size and
+modification time. Every worker maps those files read-only: the operating
+system keeps one copy of the pages however many workers there are, and a
+restarted worker is ready in milliseconds. The first process to need a
+cache builds it under a file lock.
+
+Under gunicorn, the master compiles, maps and checks every store before it
+forks (``mab.preflight``, called from ``gunicorn.conf.py``), so a data error
+stops the start with one message, and pins the copies it checked
+(``pin``): its workers map exactly those and never read a CSV file, so a
+file changed after the start reaches them only through a new check (a
+restart, or a reload on HUP).
 """
 
 import fcntl
@@ -30,13 +37,21 @@ import numpy as np
 
 from mab.errors import ConfigError, DataError
 from mab.stores import FeatureBatch
-from mab.stores import _table
+from mab.stores import _table, csvfile
 
 log = logging.getLogger(__name__)
 
-# Part of the cache key: bump when the cache's layout changes.
-CACHE_FORMAT = 2
+# Part of the cache key: bump when the cache's layout, or what the reader
+# accepts, changes (3: the strict reader of mab.stores.csvfile; a copy compiled
+# by a laxer one must never be served).
+CACHE_FORMAT = 3
 ARRAYS = ("blob", "records", "slots")
+
+# The compiled copies this process has checked, by the absolute path of
+# their CSV file, and the descriptors that hold them (see pin). A gunicorn
+# worker inherits both from the master that forked it.
+_pinned = {}
+_pin_fds = {}
 
 
 @dataclass(frozen=True)
@@ -59,39 +74,60 @@ class Settings:
         return cls(name=name, path=os.path.join(base_dir, os.path.expanduser(path)))
 
 
-def read_header(data):
-    """Column names from the first line of the file; offset of the body."""
-    newline = data.find(b"\n")
-    end = len(data) if newline < 0 else newline
-    line = data[:end].decode("utf-8-sig", "replace").rstrip("\r")
-    columns = [name.strip() for name in line.split(",")]
-    if len(columns) < 2 or not all(columns):
-        raise DataError(f"header {line!r}: expected an id column and at least one feature column")
-    if len(set(columns)) != len(columns):
-        raise DataError(f"header {line!r}: column names must be unique")
-    return columns, (end + 1 if newline >= 0 else end)
+def compile_csv(path, expected=None):
+    """Read, check and index a CSV file: ``(columns, {array name: array})``.
 
-
-def compile_csv(path):
-    """Parse and index a CSV file: (columns, {array name: array})."""
+    ``expected``, an ``os.stat_result`` of the file taken earlier (the
+    cache key's), must still describe the file: a file that changes while
+    it is read, or after its cache key was taken, is refused rather than
+    half read. Raises ``DataError`` naming the path and, for the file's
+    content, the line (see ``mab.stores.csvfile`` for the rules).
+    """
     try:
         with open(path, "rb") as f:
+            before = os.fstat(f.fileno())
             data = f.read()
+            after = os.fstat(f.fileno())
     except OSError as exc:
         raise DataError(f"{path}: {exc.strerror}") from None
+    versions = {_version(before), _version(after), (len(data), after.st_mtime_ns)}
+    if expected is not None:
+        versions.add(_version(expected))
+    if len(versions) != 1:
+        raise DataError(
+            f"{path}: the file changed while it was read; write a new file under another "
+            "name and rename it into place, so that readers see all of it or none"
+        )
     try:
-        columns, body = read_header(data)
-        blob, offsets, values, lines = _table.parse_csv(data, body, columns)
-        del data
-        slots = _table.build_slots(blob, offsets, lines)
-    except (DataError, _table.CsvError) as exc:
+        table = csvfile.read_csv(data)
+        del data        # the file's bytes are not needed while indexing
+        return _index(*table)
+    except csvfile.CsvError as exc:
         raise DataError(f"{path}: {exc}") from None
-    return columns, {"blob": blob, "records": _table.build_records(offsets, values), "slots": slots}
 
 
-def cache_path(source, cache_dir):
-    """Where the compiled copy of `source` lives; changes when the file does."""
-    stat = os.stat(source)
+def compile_data(data):
+    """Read, check and index the bytes of a CSV file: ``(columns, {array
+    name: array})``. Raises ``mab.stores.csvfile.CsvError`` naming the line."""
+    return _index(*csvfile.read_csv(data))
+
+
+def _index(columns, blob, offsets, values, lines, nfc):
+    slots = _table.build_slots(blob, offsets, lines)
+    records = _table.build_records(offsets, values)
+    if not nfc:
+        csvfile.check_normal_forms(_table.IdIndex(slots, blob, records), blob, offsets, lines)
+    return columns, {"blob": blob, "records": records, "slots": slots}
+
+
+def _version(stat):
+    return stat.st_size, stat.st_mtime_ns
+
+
+def cache_path(source, cache_dir, stat=None):
+    """Where the compiled copy of `source` lives; changes when the file does.
+    ``stat``: the file's ``os.stat`` (taken here when None)."""
+    stat = os.stat(source) if stat is None else stat
     key = f"{os.path.abspath(source)}|{stat.st_size}|{stat.st_mtime_ns}|{CACHE_FORMAT}|{_table.HASH_VERSION}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return os.path.join(cache_dir, f"{os.path.basename(source)}-{digest}")
@@ -104,7 +140,8 @@ def prepare(source, cache_dir):
     the lock and then find it built.
     """
     try:
-        target = cache_path(source, cache_dir)
+        stat = os.stat(source)
+        target = cache_path(source, cache_dir, stat)
     except OSError as exc:
         raise DataError(f"{source}: {exc.strerror}") from None
     if os.path.exists(os.path.join(target, "meta.json")):
@@ -115,7 +152,7 @@ def prepare(source, cache_dir):
         if os.path.exists(os.path.join(target, "meta.json")):
             return target, False
         start = time.perf_counter()
-        columns, arrays = compile_csv(source)
+        columns, arrays = compile_csv(source, expected=stat)
         building = tempfile.mkdtemp(dir=cache_dir, prefix=".building-")
         try:
             for name in ARRAYS:
@@ -146,9 +183,63 @@ def _remove_stale_caches(source, cache_dir, keep):
                 with open(os.path.join(path, "meta.json")) as f:
                     if json.load(f).get("source") != os.path.abspath(source):
                         continue
+                fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
             except (OSError, ValueError):
                 continue
-            shutil.rmtree(path, ignore_errors=True)
+            try:
+                # A running service pins its copy with a shared lock (see pin).
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+            finally:
+                os.close(fd)
+
+
+def pin(copies):
+    """Make ``Store.load``, in this process and in every process it forks
+    from now on, map these compiled copies: ``{CSV path: compiled copy}``,
+    as ``mab.preflight.check_embedded_stores`` found them. The gunicorn
+    master pins what it checked, so its workers serve exactly that data and
+    never read a CSV file themselves: a file changed or broken after the
+    start reaches them only through a new check (a restart, or a reload on
+    HUP). Raises ``DataError`` if a copy cannot be opened; then the earlier
+    pins stay.
+
+    Each copy is held by a shared ``flock`` on its directory for as long as
+    this process or a child lives, so that no other process removes it as
+    stale meanwhile. Replaces any earlier pins.
+    """
+    fds = {}
+    try:
+        for target in set(copies.values()):
+            fd = _pin_fds.get(target)
+            if fd is None:
+                fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH)
+                except OSError:
+                    os.close(fd)
+                    raise
+            fds[target] = fd
+    except OSError as exc:
+        for target, fd in fds.items():
+            if _pin_fds.get(target) != fd:
+                os.close(fd)
+        raise DataError(f"the compiled copy {exc.filename} cannot be pinned: {exc.strerror}") from None
+    for target, fd in _pin_fds.items():
+        if target not in fds:
+            os.close(fd)
+    _pin_fds.clear()
+    _pin_fds.update(fds)
+    _pinned.clear()
+    _pinned.update({os.path.abspath(path): target for path, target in copies.items()})
+
+
+def pinned():
+    """``{CSV path: compiled copy}`` pinned in this process (see pin)."""
+    return dict(_pinned)
 
 
 class Store:
@@ -163,26 +254,47 @@ class Store:
         self._index = None
         self._column = {}
         self._info = {}
+        self.compiled_path = None
 
     def prepare(self):
-        """Build the compiled copy if needed (done by the master before fork)."""
+        """Build the compiled copy if needed: ``(its path, whether we built it)``."""
         return prepare(self.settings.path, self.cache_dir)
 
     def load(self):
+        """Map the compiled copy of the CSV file: the one this process (or
+        the gunicorn master that forked it) pinned after checking it (see
+        ``pin``), else the file's current one, compiled here if need be.
+        Raises ``DataError``."""
         start = time.perf_counter()
-        target, built = self.prepare()
-        with open(os.path.join(target, "meta.json")) as f:
-            meta = json.load(f)
-        # Plain ndarray views of read-only maps: np.memmap's subclass hooks
-        # would cost microseconds on every slice of the hot path.
-        arrays = {
-            name: np.load(os.path.join(target, f"{name}.npy"), mmap_mode="r").view(np.ndarray)
-            for name in ARRAYS
-        }
+        target = _pinned.get(os.path.abspath(self.settings.path))
+        built = False
+        if target is None:
+            target, built = self.prepare()
+        self.open_compiled(target, built=built, start=start)
+
+    def open_compiled(self, target, *, built=False, start=None):
+        """Map the compiled copy in directory ``target`` read-only and read
+        its columns. Raises ``DataError`` if it cannot be read."""
+        start = time.perf_counter() if start is None else start
+        try:
+            with open(os.path.join(target, "meta.json")) as f:
+                meta = json.load(f)
+            # Plain ndarray views of read-only maps: np.memmap's subclass hooks
+            # would cost microseconds on every slice of the hot path.
+            arrays = {
+                name: np.load(os.path.join(target, f"{name}.npy"), mmap_mode="r").view(np.ndarray)
+                for name in ARRAYS
+            }
+        except OSError as exc:
+            raise DataError(
+                f"{self.settings.path}: its compiled copy {target} cannot be read ({exc.strerror}); "
+                "restart the service, or reload it (HUP), to compile and check the file again"
+            ) from None
         self._arrays = arrays
         self._index = _table.IdIndex(arrays["slots"], arrays["blob"], arrays["records"])
         self._column = {name: i for i, name in enumerate(meta["columns"][1:])}
         self._feature_rows = {}    # features tuple -> their indices in a record
+        self.compiled_path = target
         self._info = {
             "backend": self.backend,
             "source": meta["source"],

@@ -127,3 +127,55 @@ def test_concurrent_requests_with_overlapping_keys(standin, stores, embedded_sto
     for batch, want in zip(results, wanted):
         assert_parity(batch, want)
     assert store.describe()["fetches"]["retries"] >= 1, "the break was met, and retried"
+
+
+def test_one_stream_serves_many_requests_and_is_replaced_when_it_breaks(standin, stores, embedded_store):
+    store = stores(standin, "vertex", **RELAXED)
+    for start in range(0, 1000, 100):
+        assert_parity(store.fetch(numbered(100, start), "", "", FEATURES),
+                      embedded_store.fetch(numbered(100, start), "", "", FEATURES))
+    assert standin.streams == 1, "one long-lived stream per worker"
+    standin.break_stream_after = 30
+    ids = numbered(100, 5)
+    assert_parity(store.fetch(ids, "", "", FEATURES), embedded_store.fetch(ids, "", "", FEATURES))
+    assert standin.streams == 2
+    assert_parity(store.fetch(ids, "", "", FEATURES), embedded_store.fetch(ids, "", "", FEATURES))
+    assert standin.streams == 2, "the new stream serves on"
+
+
+def test_a_hung_stream_recovers_when_the_service_does(standin, stores, embedded_store):
+    store = stores(standin, "vertex", deadline_ms=300, attempt_timeout_ms=100)
+    store.fetch(["item-1"], "", "", FEATURES)
+    standin.hang = True
+    assert store.fetch(numbered(10), "", "", FEATURES).failed == 10
+    standin.hang = False
+    ids = numbered(10)
+    assert_parity(store.fetch(ids, "", "", FEATURES), embedded_store.fetch(ids, "", "", FEATURES))
+
+
+def test_models_reading_different_features_share_the_stream(standin, stores, embedded_store):
+    import threading
+
+    store = stores(standin, "vertex", **RELAXED)
+    standin.latency = 0.05   # both requests wait on the same keys at once
+    ids = numbered(50)
+    results = {}
+
+    def fetch(features):
+        results[features] = store.fetch(ids, "", "", features)
+
+    threads = [threading.Thread(target=fetch, args=(f,)) for f in (FEATURES, FEATURES[::-1], ("failures",))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    for features, batch in results.items():
+        assert_parity(batch, embedded_store.fetch(ids, "", "", features))
+
+
+def test_closing_the_store_ends_its_stream(standin, stores):
+    store = stores(standin, "vertex", **RELAXED)
+    store.fetch(["item-1"], "", "", FEATURES)
+    stream = store._stream
+    store.close()
+    assert stream.error is not None and not stream._reader.is_alive()

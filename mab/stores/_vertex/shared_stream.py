@@ -8,13 +8,17 @@ takes every answer, decodes each entry once, and hands its outcome to every
 fetch waiting for that key. A fetch waits on its own event, which the reader
 sets when the fetch's last key is answered.
 
-When the stream ends (the service closed it, it broke, or a fetch waited past
-its timeout and so declared it hung), every fetch on it is woken with the
-reason; the store opens a new stream for the keys still outstanding.
+When the stream ends (the service closed it, or it broke), every fetch on
+it is woken with the reason; the store opens a new stream for the keys still
+outstanding. A fetch that waits past its timeout ends the stream only if
+nothing at all arrived on it meanwhile (it is hung); a stream that answers
+others is only slow, and the fetch asks again for its keys on it, so that
+one slow answer does not make every request in flight start over.
 """
 
 import queue
 import threading
+import time
 
 # What ends the request iterator that gRPC's consumer thread reads.
 _END = object()
@@ -60,6 +64,7 @@ class SharedStream:
         self._waiting = {}            # key -> [_Fetch]
         self._lock = threading.Lock()
         self.error = None             # why the stream ended; None while it serves
+        self.answered_at = time.monotonic()   # when the last answer arrived
         self._call = open_call(iter(self._outgoing.get, _END))
         self._reader = threading.Thread(target=self._read, name=name, daemon=True)
         self._reader.start()
@@ -81,19 +86,24 @@ class SharedStream:
                     waiting[key] = [fetch]
                 else:
                     waiters.append(fetch)
+        sent_at = time.monotonic()
         for message in messages:
             self._outgoing.put(message)
-        if not fetch.done.wait(timeout):
+        timed_out = not fetch.done.wait(timeout)
+        if timed_out and self.answered_at < sent_at:
             self.end(StreamEnded(f"no answer within {timeout * 1000:.0f} ms: the stream was taken for hung"))
         with self._lock:
-            if fetch.left:
-                for key in keys:
-                    waiters = self._waiting.get(key)
-                    if waiters is not None and fetch in waiters:
-                        waiters.remove(fetch)
-                        if not waiters:
-                            del self._waiting[key]
-            return fetch.outcomes, (self.error if fetch.left else None)
+            if not fetch.left:
+                return fetch.outcomes, None
+            for key in keys:
+                waiters = self._waiting.get(key)
+                if waiters is not None and fetch in waiters:
+                    waiters.remove(fetch)
+                    if not waiters:
+                        del self._waiting[key]
+            return fetch.outcomes, self.error or StreamEnded(
+                f"some keys unanswered within {timeout * 1000:.0f} ms on a stream that answers others"
+            )
 
     def _deliver(self, key, entry):
         # Called by read_answer, with the lock held.
@@ -114,6 +124,7 @@ class SharedStream:
         try:
             for response in self._call:
                 with self._lock:
+                    self.answered_at = time.monotonic()
                     self._read_answer(response, self._deliver)
             error = StreamEnded("the service ended the stream")
         except self._rpc_error as exc:

@@ -1,0 +1,101 @@
+"""mab.preflight: the gunicorn master loads and checks every embedded store
+as a worker will, and pins what it checked for the workers."""
+
+import os
+
+import pytest
+
+from mab.errors import ConfigError, DataError
+from mab.preflight import check_embedded_stores
+from mab.service import PredictionService
+from mab.stores import create_store, embedded
+
+
+@pytest.fixture(autouse=True)
+def unpin():
+    yield
+    embedded.pin({})
+
+
+def write(tmp_path, name, data):
+    path = tmp_path / name
+    path.write_bytes(data)
+    return str(path)
+
+
+def worker_service(config):
+    """What a worker does after the fork: its own stores, loaded and checked."""
+    stores = {name: create_store(settings, config.cache_dir) for name, settings in config.stores.items()}
+    return PredictionService(config, stores)
+
+
+def test_a_quoted_header_passes_the_master_and_the_workers(tmp_path, make_config):
+    # Issue 9: this header passed the master and then failed in every worker.
+    path = write(tmp_path, "items.csv", b'"item_id","successes","failures"\r\n"A","9","1"\r\n')
+    config = make_config(MAB_DATA=path)
+    checked = check_embedded_stores(config)
+    assert embedded.pinned() == {path: checked["default"]}
+    service = worker_service(config)
+    service.load()
+    assert service.stores["default"].compiled_path == checked["default"]
+    assert service.stores["default"].fetch(["A"], "", "", ("successes", "failures")).columns[0][0] == 9
+
+
+def test_features_a_model_needs_are_checked_in_the_master(tmp_path, make_config):
+    path = write(tmp_path, "items.csv", b"item_id,wins,losses\nA,9,1\n")
+    config = make_config(MAB_DATA=path)
+    with pytest.raises(ConfigError, match=r"no feature\(s\) 'successes', 'failures'; it has 'wins', 'losses'"):
+        check_embedded_stores(config)
+    assert embedded.pinned() == {}
+    # The worker would have failed the same way: one code path.
+    with pytest.raises(ConfigError, match="no feature"):
+        worker_service(config).load()
+
+
+def test_every_store_and_model_is_checked(tmp_path, make_config):
+    good = write(tmp_path, "items.csv", b"item_id,successes,failures\nA,9,1\n")
+    per_user = write(tmp_path, "users.csv", b"entity,clicks,skips\nu:A,1,2\n")
+    document = {
+        "stores": {"default": {"path": good}, "per_user": {"path": per_user}},
+        "models": {
+            "default": {},
+            "per_user": {"store": "per_user", "successes": "clicks", "failures": "views",
+                         "entity_id": "{user_id}:{item_id}"},
+        },
+    }
+    with pytest.raises(ConfigError, match=r"store 'per_user' .* no feature\(s\) 'views'"):
+        check_embedded_stores(make_config(document))
+    document["models"]["per_user"]["failures"] = "skips"
+    assert set(check_embedded_stores(make_config(document))) == {"default", "per_user"}
+    assert set(embedded.pinned()) == {good, per_user}
+
+
+def test_a_refused_file_pins_nothing_and_keeps_earlier_pins(tmp_path, make_config):
+    path = write(tmp_path, "items.csv", b"item_id,successes,failures\nA,9,1\n")
+    config = make_config(MAB_DATA=path)
+    before = check_embedded_stores(config)["default"]
+    # A reload (HUP) after the file went bad: the check fails, the workers
+    # forked afterwards keep the copy checked before.
+    with open(path, "wb") as f:
+        f.write(b"item_id,successes,failures\rA,9,1\rB,2,8\r")
+    os.utime(path, ns=(1, 1))
+    with pytest.raises(DataError, match=r"items.csv: line 1: a carriage return"):
+        check_embedded_stores(config)
+    assert embedded.pinned() == {path: before}
+    service = worker_service(config)
+    service.load()
+    assert service.stores["default"].describe()["items"] == 1
+
+
+def test_a_store_with_no_rows_is_served_with_a_warning(tmp_path, make_config, caplog):
+    path = write(tmp_path, "items.csv", b"item_id,successes,failures\n")
+    check_embedded_stores(make_config(MAB_DATA=path))
+    assert "has no rows: every item will be scored from its prior" in caplog.text
+
+
+def test_remote_stores_are_left_to_the_workers(tmp_path, make_config):
+    config = make_config({
+        "stores": {"default": {"backend": "vertex", "project": "p", "location": "us-central1",
+                               "feature_online_store": "s", "feature_view": "v"}},
+    })
+    assert check_embedded_stores(config) == {}
