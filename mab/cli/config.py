@@ -27,9 +27,9 @@ def add_parser(subparsers):
     check.add_argument("--format", choices=("toml", "json"), default="toml", help="output format (default toml)")
     check.add_argument(
         "--data", action="store_true",
-        help="also load every embedded store as a worker does (compiling its CSV into the cache "
-             "directory if need be, as the gunicorn master would) and check that it has every "
-             "feature its models read",
+        help="also check the data as the gunicorn master does before it forks: compile every "
+             "embedded store's CSV into the cache directory (if not done yet), map it, and check "
+             "that it has every feature its models read",
     )
     check.set_defaults(handler=check_command)
     return parser
@@ -60,25 +60,12 @@ def config_document(config):
 
 
 def _check_data(config):
-    """Load each embedded store as a worker does and check its models' features
-    (raises DataError or ConfigError); returns {store name: rows}."""
-    from mab.model import BetaModel
-    from mab.stores import create_store
+    """What the gunicorn master does before it forks (mab.preflight): compile,
+    map and check every embedded store against its models. Returns {store
+    name: compiled copy}; raises DataError or ConfigError."""
+    from mab.preflight import check_embedded_stores
 
-    rows = {}
-    for name, settings in config.stores.items():
-        if settings.backend != "embedded":
-            continue
-        store = create_store(settings, config.cache_dir)
-        store.load()
-        try:
-            for model_config in config.models.values():
-                if model_config.store == name:
-                    BetaModel(model_config, store).check()
-            rows[name] = store.describe()["items"]
-        finally:
-            store.close()
-    return rows
+    return check_embedded_stores(config)
 
 
 def check_command(args):
@@ -92,7 +79,7 @@ def check_command(args):
         environ["MAB_CONFIG"] = args.config
     try:
         config = load_config(environ)
-        rows = run_with_progress("loading the embedded stores", _check_data, config) if args.data else {}
+        checked = run_with_progress("checking the embedded stores", _check_data, config) if args.data else {}
     except MabError as exc:
         print(f"mab: {exc.message}", file=sys.stderr)
         return 1
@@ -105,7 +92,7 @@ def check_command(args):
         print(f"# The effective configuration: {origin}"
               + (f", with {', '.join(overrides)} from the environment" if overrides else "") + ".")
         print(tomli_w.dumps(document), end="")
-    for name, n in rows.items():
-        print(f"store {name!r}: {n:,} rows, has every feature its models read", file=sys.stderr)
+    for name, path in checked.items():
+        print(f"store {name!r}: checked against its models, compiled into {path}", file=sys.stderr)
     print("configuration valid" + (", data checked" if args.data else ""), file=sys.stderr)
     return 0

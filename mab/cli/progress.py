@@ -1,11 +1,12 @@
 """Progress of a long, compiled step: elapsed time on stderr while it runs.
 
-Compiling a CSV (about 8 s for 10 million rows) spends much of its time in
-compiled loops that hold the GIL: the CSV parser held it for 0.6 s at a time
-on 2 million rows here, so a thread of this process would fall silent for
-seconds on large files. The work runs in a forked child process instead, and
-this process reports. Forking is safe here: the command's process is
-single-threaded and has run no OpenMP region (it never samples).
+Compiling a CSV (about 8 s for 10 million rows) runs compiled loops that
+hold the GIL: mab.stores.embedded.compile_csv held it for up to 0.35 s at a
+time on 2 million rows here, so a thread of this process would fall silent
+for seconds on large files, and could not stop the work on Ctrl-C. The work
+runs in a forked child process instead, and this process reports (and kills
+the child if it is interrupted). Forking is safe here: the command's process
+is single-threaded and has run no OpenMP region (it never samples).
 """
 
 import multiprocessing

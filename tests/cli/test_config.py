@@ -2,12 +2,14 @@
 
 import dataclasses
 import json
+import os
 import tomllib
 
 import pytest
 
 from mab.cli.config import config_document
 from mab.config import load_config
+from mab.stores.embedded import cache_path
 from tests.cli.command import run_mab
 from tests.conftest import ITEMS_CSV, USER_ITEMS_CSV
 
@@ -126,8 +128,10 @@ def test_a_missing_file(tmp_path):
 def test_data_checks_each_embedded_store_and_its_models(tmp_path, config_file):
     run = run_mab("config", "check", "--config", config_file, "--data")
     assert run.returncode == 0, run.stderr
-    assert "store 'default': 5 rows, has every feature its models read" in run.stderr
-    assert "store 'per_user': 3 rows" in run.stderr
+    for name, csv in (("default", "items.csv"), ("per_user", "user_items.csv")):
+        copy = cache_path(str(tmp_path / csv), str(tmp_path / "cache"))
+        assert f"store {name!r}: checked against its models, compiled into {copy}" in run.stderr
+        assert os.path.exists(os.path.join(copy, "meta.json"))
     assert "configuration valid, data checked" in run.stderr
     # A model reading a feature the file lacks: the message a worker would give.
     config_file.write_text(config_file.read_text().replace('successes = "clicks"', 'successes = "likes"'))
