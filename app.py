@@ -1,10 +1,8 @@
-"""The WSGI entry point: ``gunicorn -c gunicorn.conf.py app:app``.
+"""The checkout's WSGI entry point: ``gunicorn -c gunicorn.conf.py app:app``.
 
-gunicorn imports this module in each worker, after the fork, so the store
-maps, random streams and any clients belong to the worker that uses them.
+The application lives in the package, ``mab.wsgi``, so that an installed mab
+serves from any directory (``mab serve``); this shim keeps the checkout's
+command working. gunicorn imports it in each worker, after the fork.
 """
 
-from mab.config import load_config
-from mab.web import create_app
-
-app = create_app(load_config())
+from mab.wsgi import app  # noqa: F401

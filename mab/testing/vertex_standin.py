@@ -612,36 +612,18 @@ class VertexStandIn:
         await self._server.stop(grace=None)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m mab.testing.vertex_standin",
-        description="Serve a CSV of features through local stand-ins of Vertex AI Feature Store's "
-        "online-serving gRPC services (legacy Featurestore and Feature Online Store), and print the "
-        "mab store settings that use it.",
-    )
-    parser.add_argument("--data", required=True, help="CSV file: an id column, then feature columns")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="port to listen on (default: any free port)")
-    parser.add_argument(
-        "--backend", choices=("vertex-legacy", "vertex"), default="vertex-legacy",
-        help="which mab backend the printed settings use (both APIs are always served)",
-    )
-    parser.add_argument("--latency-ms", type=float, default=0.0, help="added to every call")
-    parser.add_argument("--fail-first", type=int, default=0, metavar="N", help="the first N calls fail with UNAVAILABLE")
-    parser.add_argument("--hang", action="store_true", help="never answer (clients see their deadline)")
-    parser.add_argument("--max-ids", type=int, default=MAX_IDS, help="most entity ids per call (default: 100)")
-    parser.add_argument(
-        "--keys-per-message", type=int, default=0, metavar="N",
-        help="streaming fetch: keys per response message (default 0: all keys of a request message in one)",
-    )
-    parser.add_argument("--shuffle", action="store_true", help="streaming fetch: answer keys out of order")
-    args = parser.parse_args(argv)
+def run(args, parser):
+    """Serve as ``args`` (the options of ``mab.cli.standin.add_arguments``)
+    say until SIGINT or SIGTERM, printing the settings that use the stand-in
+    to stdout first. Exits with status 2 through ``parser`` for a bad option
+    or an unreadable file."""
     if args.keys_per_message < 0:
         parser.error("--keys-per-message must be >= 0")
     try:
         standin = VertexStandIn.from_csv(
             args.data, latency=args.latency_ms / 1000, fail_next=args.fail_first, hang=args.hang,
-            max_ids=args.max_ids, keys_per_message=args.keys_per_message, shuffle=args.shuffle,
+            max_ids=MAX_IDS if args.max_ids is None else args.max_ids,
+            keys_per_message=args.keys_per_message, shuffle=args.shuffle,
         )
     except (OSError, StopIteration) as exc:
         parser.exit(2, f"vertex stand-in: cannot read {args.data}: {getattr(exc, 'strerror', None) or 'empty file'}\n")
@@ -657,6 +639,15 @@ def main(argv=None):
         )
 
     asyncio.run(standin.serve_until_signalled(args.host, args.port, announce))
+
+
+def main(argv=None, prog="python -m mab.testing.vertex_standin"):
+    """The command (``mab standin`` is the same), as a program of its own."""
+    from mab.cli.standin import DESCRIPTION, add_arguments
+
+    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
+    add_arguments(parser)
+    return run(parser.parse_args(argv), parser)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,172 @@
+"""gunicorn settings for the mab prediction service.
+
+Plain settings, each read from the environment with a default, grouped as in
+gunicorn's examples/example_config.py. gunicorn's own variables keep their
+meaning: WEB_CONCURRENCY sets the worker count, and GUNICORN_CMD_ARGS (for
+example "--bind 0.0.0.0:8080") overrides anything in this file.
+
+This file is in the package so that an installed mab can be served from any
+directory; ``mab serve`` runs gunicorn with it as its configuration file:
+
+    mab serve                                   # = python -m gunicorn -c <this file> mab.wsgi:app
+    gunicorn -c gunicorn.conf.py app:app        # in a checkout: that file runs this one
+
+gunicorn executes a configuration file again on every reload (HUP), so the
+settings below are read afresh then; do not import this module for its
+values, which are computed when it runs.
+"""
+
+import os
+import sys
+
+# -- Server socket -------------------------------------------------------------
+#
+# bind: gunicorn's default (127.0.0.1:8000, or 0.0.0.0:$PORT when PORT is set);
+# change it with --bind in GUNICORN_CMD_ARGS.
+# A deep backlog: a load balancer opens many connections at once.
+
+backlog = int(os.environ.get("MAB_BACKLOG", "2048"))
+
+# -- Worker processes ----------------------------------------------------------
+#
+# workers: one per core this process may run on (taskset and cgroup cpusets
+#   respected), since a worker keeps one core busy; WEB_CONCURRENCY overrides.
+#
+# worker_class: mab.worker.HttptoolsWorker, this project's gunicorn worker:
+#   an epoll loop over keep-alive connections, HTTP parsed by httptools.
+#   gunicorn's stock workers parse HTTP in pure Python, which cost more than
+#   the whole application. Measured with scripts/bench.py (one worker pinned
+#   to one core, 400-id requests, 32 connections, docs/benchmarks.md): 171 us
+#   of server CPU per request, against 356 us with gunicorn 27's gthread
+#   worker and 431 us with its sync worker (5,828, 2,803 and 2,139 req/s).
+#   gthread remains a fallback (MAB_WORKER_CLASS=gthread), for TLS say.
+#
+# threads: requests run inline in the worker's loop when every store is in
+#   memory (they are CPU-bound; threads would only switch). With a remote
+#   store a request waits on the network, so 16 threads per worker keep the
+#   core busy meanwhile. MAB_WORKER_THREADS overrides. The sampler itself
+#   uses one thread per worker (MAB_SAMPLER_THREADS), see mab.sampling.
+#
+# max_requests, max_requests_jitter: recycle a worker now and then, at
+#   different times across workers, to bound slow leaks: every million
+#   requests or so, a few minutes at full load. The embedded store is a shared
+#   file mapping, so a new worker is ready in milliseconds.
+#
+# timeout: a worker silent for this long is killed and replaced.
+# graceful_timeout: time to finish in-flight requests on reload or stop.
+# keepalive: seconds an idle keep-alive connection is held open.
+# worker_tmp_dir: the heartbeat file lives in memory, not on a disk that may
+#   stall (gunicorn's advice for containers).
+
+
+
+def _threads_for_the_stores():
+    from mab.config import load_config
+    from mab.errors import MabError
+
+    try:
+        config = load_config()
+    except MabError:
+        return 1        # on_starting reports the error and stops the start
+    remote = any(settings.backend != "embedded" for settings in config.stores.values())
+    return 16 if remote else 1
+
+
+workers = int(os.environ.get("WEB_CONCURRENCY", "0")) or len(os.sched_getaffinity(0))
+worker_class = os.environ.get("MAB_WORKER_CLASS", "mab.worker.HttptoolsWorker")
+threads = int(os.environ.get("MAB_WORKER_THREADS", "0")) or _threads_for_the_stores()
+max_requests = int(os.environ.get("MAB_MAX_REQUESTS", "1000000"))
+max_requests_jitter = int(os.environ.get("MAB_MAX_REQUESTS_JITTER", "100000"))
+timeout = int(os.environ.get("MAB_TIMEOUT", "30"))
+graceful_timeout = int(os.environ.get("MAB_GRACEFUL_TIMEOUT", "30"))
+keepalive = int(os.environ.get("MAB_KEEPALIVE", "75"))
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+
+# The application is imported by each worker after the fork, not preloaded in
+# the master: libgomp, random streams, thread pools and gRPC channels must not
+# cross a fork. The expensive part of loading, compiling the CSV, is done once
+# by the master in on_starting below and shared through the page cache.
+preload_app = False
+
+# -- Logging -------------------------------------------------------------------
+#
+# Everything to stdout, where a container runtime collects it. The access log
+# costs CPU on every request, so it is off unless MAB_ACCESS_LOG=1. (Not
+# logconfig_dict: any logconfig_dict makes gunicorn format an access record
+# for every request, even with accesslog unset.) The application's own
+# records (logger "mab") go to gunicorn's error log; see _route_app_logs.
+
+loglevel = os.environ.get("MAB_LOG_LEVEL", "info")
+errorlog = "/dev/stdout"
+accesslog = "/dev/stdout" if os.environ.get("MAB_ACCESS_LOG", "0") == "1" else None
+
+proc_name = "mab"
+
+
+# -- Server hooks --------------------------------------------------------------
+
+
+def _route_app_logs(log):
+    import logging
+
+    app_logger = logging.getLogger("mab")
+    app_logger.handlers = list(log.error_log.handlers)
+    app_logger.setLevel(log.error_log.level)
+    app_logger.propagate = False
+
+
+def on_starting(server):
+    """In the master, before any socket or worker: validate the configuration,
+    then compile, map and check every embedded store and the models on it,
+    exactly as a worker will load them (mab.preflight), and pin the checked
+    copies for the workers. A bad configuration or a file the workers could
+    not serve stops the start with one clear message and exit status 1."""
+    from mab.config import load_config
+    from mab.errors import MabError
+    from mab.preflight import check_embedded_stores
+
+    _route_app_logs(server.log)
+    try:
+        for name, path in check_embedded_stores(load_config()).items():
+            server.log.info("store %r: checked, compiled into %s", name, path)
+    except MabError as exc:
+        sys.exit(f"mab: {exc.message}")
+
+
+def on_reload(server):
+    """On HUP, before the new workers start: check the data again, so they
+    serve the file as it is now. If it fails, the new workers keep serving
+    the copy checked before, and the error is logged."""
+    from mab.config import load_config
+    from mab.errors import MabError
+    from mab.preflight import check_embedded_stores
+
+    try:
+        for name, path in check_embedded_stores(load_config()).items():
+            server.log.info("store %r: checked again, compiled into %s", name, path)
+    except MabError as exc:
+        server.log.error("mab: reload: %s; workers keep serving the data checked before", exc.message)
+
+
+def post_fork(server, worker):
+    """In the new worker, before it imports the app: its logs go where the master's do."""
+    _route_app_logs(worker.log)
+
+
+def post_worker_init(worker):
+    """Take connections only once the app can answer them. Otherwise a worker
+    recycled by max_requests would answer 503 (not ready) while it maps its
+    stores. Bounded well inside the heartbeat timeout (worker.timeout is half
+    of `timeout`, so this waits a sixth of it); if loading fails or takes
+    longer, the worker serves and /ready tells why."""
+    service = getattr(worker.wsgi, "service", None)
+    if service is not None and not service.wait_until_ready(worker.timeout / 3):
+        worker.log.warning("not ready after %.0fs; serving anyway (/ready says why)", worker.timeout / 3)
+
+
+def worker_exit(server, worker):
+    """Release what the worker's app holds (store maps, pools, channels)."""
+    app = getattr(worker, "wsgi", None)
+    service = getattr(app, "service", None)
+    if service is not None:
+        service.close()

@@ -1,0 +1,11 @@
+"""The WSGI entry point: ``mab serve``, which runs ``gunicorn -c
+mab/gunicorn_conf.py mab.wsgi:app`` (in a checkout, ``app.py`` re-exports it).
+
+gunicorn imports this module in each worker, after the fork, so the store
+maps, random streams and any clients belong to the worker that uses them.
+"""
+
+from mab.config import load_config
+from mab.web import create_app
+
+app = create_app(load_config())
