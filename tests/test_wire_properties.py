@@ -397,3 +397,13 @@ def test_errors_are_request_errors_only():
         with pytest.raises((MalformedRequest, InvalidRequest)):
             read_prediction_request(body, MAX_ITEMS)
     assert orjson.loads(b"-0") == 0   # the premise of the -0 examples above
+
+
+@pytest.mark.parametrize("depth", [1023, 1024, 1025, 3000])
+def test_nesting_at_orjson_s_limit_is_read_alike(depth):
+    # RFC 8259 section 9 lets a parser limit nesting; orjson's limit is 1024
+    # levels, and the reference reading must hold the same one.
+    for body in (b"[" * depth + b"]" * depth, b'{"a":' * depth + b"1" + b"}" * depth,
+                 b'{"item_ids": ' + b"[" * (depth - 1) + b'"a"' + b"]" * (depth - 1) + b"}"):
+        result = check_agreement(body)
+        assert (result[2] == "malformed_json") == (depth > 1024)

@@ -16,6 +16,7 @@ tests/test_wire_properties.py under hypothesis.
 """
 
 import json
+import sys
 
 import numpy as np
 import orjson
@@ -56,17 +57,41 @@ def outcome(read, body, max_items=MAX_ITEMS):
     return ("ok", list(request.item_ids), request.user_id, request.top_k, request.model, request.seed, types)
 
 
-class _Object(dict):
-    """A JSON object of the reference reading, with the first name it repeats."""
+# orjson's limit on nesting (RFC 8259 section 9 lets a parser set one).
+MAX_DEPTH = 1024
 
+
+class _Object(dict):
+    """A JSON object of the reference reading: its nesting depth and the
+    first name it repeats."""
+
+    depth = 1
     repeated = None
 
 
+def _scan(value):
+    """The nesting depth of a decoded value; raises ValueError for a string
+    with a lone surrogate (from a \\uD800-style escape). Objects were
+    scanned when they were made, so only lists and strings are walked."""
+    depth, stack = 0, [(value, 0)]
+    while stack:
+        node, above = stack.pop()
+        if type(node) is str:
+            node.encode("utf-8")      # UnicodeEncodeError is a ValueError
+        elif type(node) is list:
+            depth = max(depth, above + 1)
+            stack.extend((item, above + 1) for item in node)
+        elif type(node) is _Object:
+            depth = max(depth, above + node.depth)
+    return depth
+
+
 def _object(pairs):
-    # Checked here, for the values that a repeated name then drops.
-    if not all(_strings_are_unicode(name) and _strings_are_unicode(value) for name, value in pairs):
-        raise ValueError("a lone surrogate")
+    # Scanned here, for the values that a repeated name then drops.
     obj = _Object(pairs)
+    obj.depth = 1 + max((max(_scan(name), _scan(value)) for name, value in pairs), default=0)
+    if obj.depth > MAX_DEPTH:
+        raise ValueError("nested too deep")
     if len(obj) != len(pairs):
         seen = set()
         obj.repeated = next(name for name, _ in pairs if name in seen or seen.add(name))
@@ -91,27 +116,13 @@ def _refuse_constant(name):
     raise ValueError(f"{name} is not JSON")
 
 
-def _strings_are_unicode(value):
-    """False if a string holds a lone surrogate (from a \\uD800-style escape)."""
-    if type(value) is str:
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return False
-        return True
-    if type(value) is list:
-        return all(_strings_are_unicode(v) for v in value)
-    if isinstance(value, dict):
-        return all(_strings_are_unicode(k) and _strings_are_unicode(v) for k, v in value.items())
-    return True
-
-
 def reference_read(body, max_items=MAX_ITEMS):
     """The request in ``body`` as the README's API and RFC 8259 define it, read
     with the standard library's ``json``: UTF-8 (section 8.1), no byte order
     mark and no lone surrogate (refusals sections 8.1 and 8.2 allow, as
     orjson does), integers in [-2**63, 2**64 - 1] exact and other numbers as
-    binary64, finite (section 6 allows the limit), a repeated name refused
+    binary64, finite (section 6 allows the limit), nesting at most
+    MAX_DEPTH deep (section 9 allows that limit), a repeated name refused
     (``duplicate_field``). Raises ``RequestError`` like the service."""
     from mab.errors import InvalidRequest, MalformedRequest
 
@@ -124,14 +135,19 @@ def reference_read(body, max_items=MAX_ITEMS):
         raise malformed(exc) from None
     if text.startswith("\ufeff"):
         raise malformed("a byte order mark")
+    # json's decoder recurses per level: room for bodies nested beyond MAX_DEPTH.
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 4 * MAX_DEPTH + len(body)))
     try:
         doc = json.loads(
             text, object_pairs_hook=_object, parse_int=_integer, parse_float=_finite, parse_constant=_refuse_constant
         )
-    except (ValueError, RecursionError) as exc:
+        if _scan(doc) > MAX_DEPTH:
+            raise ValueError("nested too deep")
+    except ValueError as exc:
         raise malformed(exc) from None
-    if not _strings_are_unicode(doc):
-        raise malformed("a lone surrogate")
+    finally:
+        sys.setrecursionlimit(limit)
     if isinstance(doc, _Object):
         if doc.repeated is not None:
             raise InvalidRequest(f"the field {doc.repeated!r} is given more than once", code="duplicate_field")
@@ -175,6 +191,31 @@ def check_compiled_parts(body):
         raise Disagreement(f"json_array does not write {ids[::-1]!r}")
     if [_name.decode() for _name in names] != list(orjson.loads(body)):
         raise Disagreement(f"object_member_names gave {names!r} for the simple body {body[:300]!r}")
+
+
+# Byte strings for the fuzzer's dictionary: the words of the format, and the
+# values at its edges.
+TOKENS = [
+    b'"item_ids"', b'"user_id"', b'"top_k"', b'"model"', b'"seed"', b'"default"', b"null", b"true", b"false",
+    b"\\u", b"\\ud83d\\ude00", b"\\ud800", b"\\u0000", b'\\"', b"\\\\", b"\xef\xbb\xbf", b"\xed\xa0\x80",
+    b"\xc3\xa9", b"-0", b"5.0", b"1e400", b"-1e400", b"NaN", b"Infinity", b"18446744073709551615",
+    b"18446744073709551616", b"-9223372036854775808", b"-9223372036854775809", b"9007199254740993",
+]
+
+
+def seed_inputs():
+    """A few valid bodies, made fresh at each start (the corpus's seeds)."""
+    rng = np.random.default_rng(0)
+    bodies = [
+        orjson.dumps({"item_ids": ["item-000001", "item-000042", "brand-new-item"], "top_k": 2}),
+        orjson.dumps({"item_ids": [f"item-{i:06d}" for i in rng.integers(0, 10**6, 6)], "user_id": "u-17",
+                      "top_k": 3, "model": "default", "seed": 2**64 - 1}),
+        json.dumps({"seed": 5.0, "item_ids": ["caf\u00e9", "\U0001f600", 'a"b\\'], "user_id": None},
+                   indent=1).encode(),
+        json.dumps({"item_ids": ["x"], "top_k": 1}, ensure_ascii=False, separators=(" , ", " : ")).encode(),
+        b' {"item_ids": [ "a" , "b" ], "seed": -0, "model": "m"}\r\n',
+    ]
+    return bodies
 
 
 def fuzz_one_input(data):
