@@ -48,9 +48,11 @@ cdef class IdSpans:
         self._lengths = np.ascontiguousarray(lengths, dtype=np.int64)
         if self._starts.shape != self._lengths.shape or self._starts.ndim != 1:
             raise ValueError("starts and lengths must be one-dimensional and of one length")
+        # starts + lengths could wrap around in int64: compare lengths with
+        # the room left after each start instead.
         if len(self._starts) and (
             self._starts.min() < 0 or self._lengths.min() < 0
-            or (self._starts + self._lengths).max() > PyBytes_GET_SIZE(body)
+            or (self._lengths > PyBytes_GET_SIZE(body) - self._starts).any()
         ):
             raise ValueError("a span lies outside the body")
         self.starts = <const int64_t *>cnp.PyArray_DATA(self._starts)

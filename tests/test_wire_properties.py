@@ -407,3 +407,30 @@ def test_nesting_at_orjson_s_limit_is_read_alike(depth):
                  b'{"item_ids": ' + b"[" * (depth - 1) + b'"a"' + b"]" * (depth - 1) + b"}"):
         result = check_agreement(body)
         assert (result[2] == "malformed_json") == (depth > 1024)
+
+
+int64s = st.one_of(st.integers(-(2**63), 2**63 - 1), st.sampled_from([0, 1, 2**62, 2**63 - 1, -(2**63)]))
+
+
+@budget(300)
+@given(st.binary(max_size=16), st.lists(st.tuples(int64s, int64s), max_size=4))
+def test_id_spans_hold_only_spans_inside_their_body(body, spans):
+    # Found by reading the code while the fuzzer ran: starts + lengths
+    # wrapped around in int64, so a span such as (1, 2**63 - 1) passed the
+    # check and reading it would have run off the body.
+    starts, lengths = [s for s, _ in spans], [n for _, n in spans]
+    try:
+        ids = _wire.IdSpans(body, starts, lengths)
+    except ValueError:
+        assert any(s < 0 or n < 0 or s + n > len(body) for s, n in spans)
+        return
+    assert all(0 <= s and 0 <= n and s + n <= len(body) for s, n in spans)
+    if body.isascii():
+        assert list(ids) == [body[s:s + n].decode() for s, n in spans]
+
+
+def test_id_spans_refuse_a_span_that_wraps_around():
+    with pytest.raises(ValueError, match="outside"):
+        _wire.IdSpans(b"abc", [1], [2**63 - 1])
+    with pytest.raises(ValueError, match="outside"):
+        _wire.IdSpans(b"abc", [2**62], [2**62 + 5])
