@@ -22,7 +22,7 @@ import numpy as np
 import orjson
 
 from mab import _wire
-from mab.errors import RequestError
+from mab.errors import InvalidRequest, MalformedRequest, RequestError
 from mab.service import decode_prediction_request, parse_prediction_request, read_prediction_request
 from mab.web import ERROR_STATUS
 
@@ -124,8 +124,6 @@ def reference_read(body, max_items=MAX_ITEMS):
     binary64, finite (section 6 allows the limit), nesting at most
     MAX_DEPTH deep (section 9 allows that limit), a repeated name refused
     (``duplicate_field``). Raises ``RequestError`` like the service."""
-    from mab.errors import InvalidRequest, MalformedRequest
-
     def malformed(why):
         return MalformedRequest(f"the body is not valid JSON: {why}", code="malformed_json")
 
@@ -189,7 +187,7 @@ def check_compiled_parts(body):
     reverse = np.arange(len(ids) - 1, -1, -1, dtype=np.int64)
     if spans.json_array(reverse) != orjson.dumps(ids[::-1]):
         raise Disagreement(f"json_array does not write {ids[::-1]!r}")
-    if [_name.decode() for _name in names] != list(orjson.loads(body)):
+    if [name.decode() for name in names] != list(orjson.loads(body)):
         raise Disagreement(f"object_member_names gave {names!r} for the simple body {body[:300]!r}")
 
 
