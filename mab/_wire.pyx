@@ -4,7 +4,9 @@
 request: one JSON object whose keys are among the five request fields, each
 at most once; whose strings are printable ASCII without escapes; whose
 integers have no sign but '-', no leading zeros, no fraction and no
-exponent; with any JSON whitespace. For such a body it returns the fields,
+exponent, and lie in [-2**63, 2**64 - 1] (where orjson, the general parser,
+reads integers exactly; beyond, it reads them as binary64 like numbers with
+a fraction or exponent); with any JSON whitespace. For such a body it returns the fields,
 with ``item_ids`` as an ``IdSpans``: where each id lies inside the body.
 For any other body it returns None, and the caller decodes it with a
 general JSON parser, which also words the error for anything invalid. Both
@@ -14,6 +16,10 @@ which costs more than looking the id up.
 
 ``IdSpans.json_array(order)`` writes the ids back out as a JSON array in a
 given order, again without strings: they need no escaping.
+
+``object_member_names(body)`` lists the member names of the top-level object
+of a body the general parser has accepted, so that the general path can
+refuse a name given twice (orjson keeps the last silently).
 """
 
 import numpy as np
@@ -35,16 +41,18 @@ cdef class IdSpans:
     Behaves as a read-only sequence of ``str`` for code that wants strings.
     """
 
-    def __init__(self, bytes body, starts, lengths):
+    def __init__(self, bytes body not None, starts, lengths):
         self.body = body
         self.data = PyBytes_AS_STRING(body)
         self._starts = np.ascontiguousarray(starts, dtype=np.int64)
         self._lengths = np.ascontiguousarray(lengths, dtype=np.int64)
         if self._starts.shape != self._lengths.shape or self._starts.ndim != 1:
             raise ValueError("starts and lengths must be one-dimensional and of one length")
+        # starts + lengths could wrap around in int64: compare lengths with
+        # the room left after each start instead.
         if len(self._starts) and (
             self._starts.min() < 0 or self._lengths.min() < 0
-            or (self._starts + self._lengths).max() > PyBytes_GET_SIZE(body)
+            or (self._lengths > PyBytes_GET_SIZE(body) - self._starts).any()
         ):
             raise ValueError("a span lies outside the body")
         self.starts = <const int64_t *>cnp.PyArray_DATA(self._starts)
@@ -164,7 +172,7 @@ cdef int _field(const unsigned char *p, Py_ssize_t start, Py_ssize_t end) noexce
     return -1
 
 
-def parse_predict_body(bytes body):
+def parse_predict_body(bytes body not None):
     """``(item_ids, user_id, top_k, model, seed)`` of a simple request body
     (absent and null fields are None), or None if the body is not simple."""
     cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(body)
@@ -261,6 +269,8 @@ def parse_predict_body(bytes body):
                 i += 1
             if i < n and (p[i] == 46 or p[i] == 101 or p[i] == 69):
                 return None                          # '.', 'e', 'E'
+            if negative and value > 0x8000000000000000ULL:
+                return None                          # below -2**63: orjson reads a binary64
             values[field] = -<object>value if negative else <object>value
         # ',' and the next key, or '}' and the end.
         i = _skip_ws(p, i, n)
@@ -271,3 +281,65 @@ def parse_predict_body(bytes body):
             i = _skip_ws(p, i + 1, n)
             return tuple(values) if i == n else None
         return None
+
+
+cdef inline Py_ssize_t _string_end(const unsigned char *p, Py_ssize_t i, Py_ssize_t n) noexcept:
+    """p[i] is an opening quote: the index of the closing one, escapes
+    allowed (a quote closes the string unless an odd run of backslashes
+    precedes it), or -1 if the body ends first."""
+    cdef const unsigned char *quote
+    cdef Py_ssize_t j = i + 1, k, b
+    while j < n:
+        quote = <const unsigned char *>memchr(p + j, 34, n - j)
+        if quote == NULL:
+            return -1
+        k = quote - p
+        b = k
+        while b > i + 1 and p[b - 1] == 92:           # '\\'
+            b -= 1
+        if (k - b) % 2 == 0:
+            return k
+        j = k + 1
+    return -1
+
+
+def object_member_names(bytes body not None):
+    """The names of the members of the top-level object of ``body``, in
+    order, as ``bytes`` between their quotes (escapes left as written).
+
+    Meant for a body that a JSON parser has accepted as an object (RFC 8259
+    section 4): a name given twice then appears twice here, where the parsed
+    object keeps one. For any other body the list is unspecified (but the
+    scan never reads outside the body). Linear in the body's length.
+    """
+    cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(body)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(body)
+    cdef Py_ssize_t i = _skip_ws(p, 0, n), end
+    cdef Py_ssize_t depth = 1
+    cdef bint expect_name = True
+    cdef unsigned char c
+    cdef list names = []
+    if i >= n or p[i] != 123:                        # '{'
+        return names
+    i += 1
+    while i < n:
+        c = p[i]
+        if c == 34:                                  # '"': a name or a string value
+            end = _string_end(p, i, n)
+            if end < 0:
+                break
+            if depth == 1 and expect_name:
+                names.append(body[i + 1:end])
+                expect_name = False
+            i = end + 1
+            continue
+        if c == 123 or c == 91:                      # '{', '['
+            depth += 1
+        elif c == 125 or c == 93:                    # '}', ']'
+            depth -= 1
+            if depth == 0:
+                break
+        elif c == 44 and depth == 1:                 # ',' between members
+            expect_name = True
+        i += 1
+    return names

@@ -1,7 +1,7 @@
 """The prediction service: validate -> features -> Beta parameters -> sample -> rank.
 
-Knows nothing of HTTP. ``parse_prediction_request`` turns a decoded JSON
-document into a ``PredictionRequest`` or raises a ``RequestError``;
+Knows nothing of HTTP. ``read_prediction_request`` turns a request body
+(bytes) into a ``PredictionRequest`` or raises a ``RequestError``;
 ``PredictionService.predict`` answers it or raises a ``MabError``.
 """
 
@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import orjson
 
 import mab
 from mab import _lists, _ranking, _wire, sampling
@@ -139,6 +140,61 @@ def parse_prediction_request(doc, max_items):
     seed = _optional_int(doc, "seed")
     _check_seed(seed)
     return PredictionRequest(item_ids, user_id, top_k, model, seed)
+
+
+def decode_prediction_request(body, max_items):
+    """The request in the JSON body ``body`` (bytes), by the general path:
+    orjson, then ``parse_prediction_request``.
+
+    Raises ``MalformedRequest`` (code ``malformed_json``) for a body that is
+    not JSON as RFC 8259 defines it and orjson reads it: UTF-8 without a
+    byte order mark (section 8.1 lets a parser refuse one), no lone
+    surrogate escapes (section 8.2), numbers within binary64's range
+    (section 6 lets a parser limit it). Integers in [-2**63, 2**64 - 1] are
+    read exactly; other numbers as binary64. Raises ``InvalidRequest``
+    (``duplicate_field``) for an object that names a member twice: RFC 8259
+    section 4 leaves its meaning to the parser, and I-JSON (RFC 7493 section
+    2.3) forbids it. Then whatever ``parse_prediction_request`` raises.
+    """
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedRequest(f"the body is not valid JSON: {exc}", code="malformed_json") from None
+    if type(doc) is dict:
+        _check_unique_names(body, doc)
+    return parse_prediction_request(doc, max_items)
+
+
+def _check_unique_names(body, doc):
+    """Refuse a body whose object ``doc`` (parsed from ``body``, which keeps
+    one member per name) was written with a name given more than once."""
+    names = _wire.object_member_names(body)
+    if len(names) == len(doc):
+        return
+    seen = set()
+    for raw in names:
+        # The raw name is valid JSON string content (orjson accepted the body).
+        name = orjson.loads(b'"' + raw + b'"') if b"\\" in raw else raw.decode()
+        if name in seen:
+            shown = name if len(name) <= 40 else name[:40] + "..."
+            raise InvalidRequest(f"the field {shown!r} is given more than once", code="duplicate_field")
+        seen.add(name)
+    raise RuntimeError(f"{len(names)} member names but {len(doc)} members, and no name repeated")
+
+
+def read_prediction_request(body, max_items):
+    """The request in a /predict body (bytes).
+
+    Most bodies take the compiled parser (``mab._wire.parse_predict_body``),
+    which makes no ``str`` per id; any body it declines, every invalid body
+    included, takes ``decode_prediction_request``. Both paths read the same
+    documents the same way and refuse the others with the same error
+    (tests/test_wire_properties.py and scripts/fuzz.py hold them to it).
+    """
+    fields = _wire.parse_predict_body(body)
+    if fields is not None:
+        return request_from_fields(fields, max_items)
+    return decode_prediction_request(body, max_items)
 
 
 def request_from_fields(fields, max_items):

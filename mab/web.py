@@ -25,8 +25,8 @@ from mab.errors import (
     UnknownModel,
 )
 from mab.sampling import sample_beta
-from mab._wire import IdSpans, parse_predict_body
-from mab.service import PredictionService, parse_prediction_request, request_from_fields
+from mab._wire import IdSpans
+from mab.service import PredictionService, read_prediction_request
 from mab.stores import create_store
 
 log = logging.getLogger(__name__)
@@ -126,13 +126,6 @@ def read_json_body(req, max_bytes):
     return req.bounded_stream.read(length)
 
 
-def decode_json(raw):
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise falcon.HTTPError(400, description=f"the body is not valid JSON: {exc}", code="malformed_json")
-
-
 def ranked_ids_json(prediction):
     """The ranked ids for the response: straight from the request's bytes when
     it came through the fast parser, otherwise a list for orjson."""
@@ -151,15 +144,7 @@ class PredictionResource:
         self.max_body_bytes = max_body_bytes
 
     def on_post(self, req, resp):
-        raw = read_json_body(req, self.max_body_bytes)
-        # Most bodies take the compiled parser, which makes no str per id;
-        # anything it does not take (and every invalid body) goes through
-        # orjson and the general validation.
-        fields = parse_predict_body(raw)
-        if fields is not None:
-            request = request_from_fields(fields, self.max_items)
-        else:
-            request = parse_prediction_request(decode_json(raw), self.max_items)
+        request = read_prediction_request(read_json_body(req, self.max_body_bytes), self.max_items)
         prediction = self.service.predict(request)
         resp.data = orjson.dumps(
             {

@@ -51,11 +51,11 @@ STAGES = [
     ("remote features: batch assembly and bookkeeping", lambda f: any(x.startswith(("VertexStore.fetch", "Store._fetch_remote", "VertexStore._fetch_remote", "Store.fetch ")) for x in f)
         and any("_vertex" in x or "vertex.py" in x for x in f)),
     ("gRPC (channel threads)", lambda f: any("grpc" in x for x in f)),
-    ("body parsing (mab._wire, compiled)", lambda f: any(x.startswith("PredictionResource.on_post") and "parse_predict_body" in x for x in f)
+    ("body parsing (mab._wire, compiled)", lambda f: any(x.startswith("read_prediction_request") and "parse_predict_body" in x for x in f)
         or any(x.startswith("request_from_fields") for x in f)),
     ("JSON encode", lambda f: any(x.startswith("ranked_ids_json") for x in f)),
-    ("JSON decode (orjson, bodies the compiled parser declines)", lambda f: any(x.startswith("decode_json") for x in f)),
-    ("request validation (general path)", lambda f: any(x.startswith("parse_prediction_request") for x in f)),
+    ("JSON decode (orjson, bodies the compiled parser declines)", lambda f: any(x.startswith("decode_prediction_request") and "orjson.loads" in x for x in f)),
+    ("request validation (general path)", lambda f: any(x.startswith(("parse_prediction_request", "_check_unique_names")) for x in f)),
     ("feature lookup", lambda f: any(x.startswith(("Store.fetch", "IdIndex", "gather")) for x in f)),
     ("Beta parameters", lambda f: any(x.startswith("BetaModel.parameters") for x in f)),
     ("sampling", lambda f: any(x.startswith(("sample_beta", "numpy_sample_beta")) for x in f)

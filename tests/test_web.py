@@ -5,6 +5,7 @@ import orjson
 import pytest
 from falcon import testing
 
+from mab import _wire
 from mab.sampling import sample_beta
 from mab.web import create_app
 
@@ -137,6 +138,7 @@ def test_content_type_with_charset(client):
         (b'{"item_ids": ["item-1"], "top_k": 0}', 422, "invalid_value"),
         (b'{"item_ids": ["item-1"], "seed": -5}', 422, "invalid_value"),
         (b'{"item_ids": ["item-1"], "extra": 1}', 422, "unknown_field"),
+        (b'{"item_ids": ["item-1"], "item_ids": ["item-2"]}', 422, "duplicate_field"),
         (b'{"user_id": "u"}', 422, "missing_field"),
         (b'{"item_ids": ["item-1"], "model": "per_user"}', 422, "user_id_required"),
     ],
@@ -147,6 +149,28 @@ def test_request_errors(client, body, status, code):
         assert result.status_code == status
     else:
         assert error_of(result, status) == code
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"item_ids": ["item-1", "item-2", "new"], "seed": 5, "top_k": 2}',
+        b'{"item_ids": ["item-1"], "seed": -9223372036854775809}',
+        b'{"item_ids": ["item-1"], "item_ids": ["item-2"], "seed": 1}',
+        b'{"item_ids": ["item-1"], "top_k": 0, "seed": 1}',
+        b'{"item_ids": [], "seed": 1}',
+        b'{"item_ids": ["item-1"], "model": "nope", "seed": 1}',
+        b'{"item_ids": ["item-1"],}',
+    ],
+)
+def test_the_compiled_parser_changes_no_answer(client, monkeypatch, body):
+    # The same answer, status and body, whether the compiled parser takes
+    # the body or the general path does (tests/test_wire_properties.py holds
+    # the parsers to it on generated bodies).
+    compiled = predict(client, body=body)
+    monkeypatch.setattr(_wire, "parse_predict_body", lambda body: None)
+    general = predict(client, body=body)
+    assert (compiled.status_code, compiled.json) == (general.status_code, general.json)
 
 
 def test_body_over_the_limit_is_refused_before_reading(make_config, items_csv):
