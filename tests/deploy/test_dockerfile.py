@@ -141,7 +141,8 @@ def test_everything_the_service_writes_goes_to_tmp():
     for key in ("MAB_CACHE_DIR", "PROMETHEUS_MULTIPROC_DIR", "XDG_RUNTIME_DIR"):
         assert env[key] == "/tmp" or env[key].startswith("/tmp/"), f"{key}={env[key]} is not under /tmp"
     # gunicorn's heartbeat files: in /dev/shm, which container runtimes mount.
-    assert 'worker_tmp_dir = "/dev/shm"' in open(os.path.join(image.ROOT, "gunicorn.conf.py")).read()
+    # (gunicorn.conf.py at the root runs the packaged mab/gunicorn_conf.py.)
+    assert 'worker_tmp_dir = "/dev/shm"' in open(os.path.join(image.ROOT, "mab", "gunicorn_conf.py")).read()
 
 
 def test_exposes_the_port_gunicorn_binds():
