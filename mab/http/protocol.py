@@ -383,6 +383,7 @@ class HttpConnection:
         body = self.body
         request.body = body[0] if len(body) == 1 else b"".join(body)
         request.keep_alive = self.parser.should_keep_alive()
+        request.received = self.now         # complete: from here on it waits only for us
         self.requests.append(request)
         self.request = None
         self.message_started = None

@@ -78,9 +78,10 @@ class Request:
     (raw) are str; ``headers`` is [(name, value)] as latin-1 str in arrival
     order (gunicorn's access log reads it); ``body`` is bytes, whole;
     ``keep_alive`` whether the connection may carry another request.
-    ``received`` is the caller's clock when the head was complete, and
-    ``deadline`` the same clock's instant by which the client wants the
-    answer (from ``x-envoy-expected-rq-timeout-ms``), or None.
+    ``received`` is the caller's clock when the request was complete (its
+    last bytes arrived), and ``deadline`` the same clock's instant by which
+    the client wants the answer (``x-envoy-expected-rq-timeout-ms`` after
+    its head arrived), or None.
     """
 
     __slots__ = ("method", "uri", "version", "path", "query", "headers", "body", "keep_alive",

@@ -8,62 +8,53 @@ worker keeps everything gunicorn does around a worker (forking, supervision
 through the heartbeat file, graceful reload and shutdown, max_requests,
 timeouts, the server hooks, the access log) and replaces the request loop:
 one epoll loop per worker over its listening sockets and keep-alive
-connections. The HTTP/1.1 protocol of each connection (parsing, framing,
-limits, response order) is ``mab.http.protocol``; this module does the I/O,
-the timers and gunicorn's part.
+connections. The HTTP/1.1 of each connection (parsing, framing, limits,
+response order) is ``mab.http.protocol``; this module does the I/O, the
+timers and gunicorn's part.
 
 Requests run inline in the loop thread by default (``threads = 1``): the
-application is CPU-bound on the embedded store, and threads would only add
-switching. With ``threads > 1`` (for a remote feature store, where a request
-waits on the network) complete requests run on a pool of that many threads
-while the loop keeps reading and writing; a connection's requests still run
-one at a time, in order.
+application is CPU-bound on the embedded store. With ``threads > 1`` (for a
+remote feature store, where a request waits on the network) complete
+requests run on a pool of that many threads while the loop keeps reading
+and writing; a connection's requests still run one at a time, in order.
 
-Limits and timeouts, with gunicorn's settings where gunicorn has one:
+Overload (``mab.http.admission``): once the worker's queue has not emptied
+for ``MAB_OVERLOAD_INTERVAL_MS`` (100 ms), a request that waited more than
+``MAB_MAX_QUEUE_MS`` (40 ms) to start, counted from when its bytes reached
+the machine, is answered 503 with Retry-After at once, without the
+application; so is a request past its client's deadline
+(``x-envoy-expected-rq-timeout-ms``), which the application finds in
+``environ["mab.deadline"]``.
 
-* the request target at most ``limit_request_line`` bytes (414), at most
-  ``limit_request_fields`` fields of at most ``limit_request_field_size``
-  bytes, 64 KiB in all (431), refused as soon as a read passes them;
-* a body of at most the application's ``max_body_bytes`` (or 16 MiB): 413,
-  before it is read when it has a Content-Length;
-* a request head must arrive within ``MAB_HEAD_TIMEOUT`` seconds (default
-  10) of its first byte and the whole request within ``timeout`` seconds
-  (408 in both cases); a response must drain within ``timeout`` seconds;
-  an idle keep-alive connection is closed after ``keepalive`` seconds;
-* at most ``worker_connections`` open connections. When they are all open
-  and another client connects, the connection idle (or dawdling over a
-  request) the longest is closed to make room: slow clients cannot lock
-  out new ones.
-
-When the worker closes a connection after a response, it first shuts down
-its sending side and reads (and discards) what the client still sends, for
-at most ``LINGER_SECONDS`` and ``LINGER_BYTES`` (RFC 9112 section 9.6):
-closing a socket with unread input makes the
-kernel reset the connection, which can destroy the response in flight.
-
-Responses whose length the application does not give are sent with chunked
-transfer coding (HTTP/1.1) or closed after the body (HTTP/1.0). The body of
-every response is assembled in memory before it is sent. TLS is not
-supported: terminate it in front (a load balancer or sidecar) or use a
-stock gunicorn worker.
+Timeouts: a request head must arrive within ``MAB_HEAD_TIMEOUT`` (10 s) of
+its first byte and the whole request within gunicorn's ``timeout`` (408);
+a response must drain within ``timeout``; an idle keep-alive connection is
+closed after ``keepalive``. At ``worker_connections``, the connection idle
+(or dawdling over a request) the longest makes room for a new client, so
+slow clients cannot lock out new ones. A connection closed after a
+response first shuts its sending side and discards what the client still
+sends, for at most ``LINGER_SECONDS`` and ``LINGER_BYTES`` (RFC 9112
+section 9.6): closing with unread input would reset the connection and
+could destroy the response in flight. TLS is not supported: terminate it in
+front, or use a stock gunicorn worker.
 """
 
 import collections
-import datetime
 import errno
 import os
 import selectors
 import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from email.utils import formatdate
 
 from gunicorn.workers import base
 
+from mab.http.admission import CMSG_SIZE, Admission, arrival, enable_receive_timestamps
 from mab.http.protocol import HttpConnection
 from mab.http.request import Limits, ProtocolError
-from mab.http.response import InvalidResponse, encode_response, error_response
-from mab.http.wsgi import build_environ, call_application
+from mab.http.response import error_response
+from mab.http.wsgi import build_environ, run_application
 
 READ_SIZE = 256 * 1024
 # When the worker stops, a keep-alive connection is closed once it has been
@@ -76,6 +67,9 @@ SHUTDOWN_IDLE_SECONDS = 0.5
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 1024 * 1024
 DEFAULT_HEAD_TIMEOUT = 10.0
+# How often a busy loop checks whether any work is waiting (admission control
+# needs to know when its queue was last empty).
+EMPTY_PROBE_SECONDS = 0.01
 
 READ = selectors.EVENT_READ
 WRITE = selectors.EVENT_WRITE
@@ -89,17 +83,6 @@ def _env_seconds(name, default):
     if not seconds > 0:
         raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
     return seconds
-
-
-class Response:
-    """What gunicorn's access log and post_request hook read of a response."""
-
-    __slots__ = ("status", "headers", "sent")
-
-    def __init__(self, status, headers, sent):
-        self.status = status
-        self.headers = headers
-        self.sent = sent
 
 
 class Connection:
@@ -136,7 +119,10 @@ class HttptoolsWorker(base.Worker):
         self.finished = collections.deque()      # (connection, bytes, keep_alive) from pool threads
         self.pool = None
         self.now = time.monotonic()
-        self._date = (0, b"")
+        self.admission = Admission.from_environ(self.now)
+        self.pool_waiting = 0                    # requests submitted to the pool, not yet started
+        self.pool_lock = threading.Lock()
+        self.real_minus_monotonic = time.time() - self.now
         super().init_process()   # loads the app, then calls run()
 
     def load_wsgi(self):
@@ -157,11 +143,15 @@ class HttptoolsWorker(base.Worker):
             self.pool = ThreadPoolExecutor(self.cfg.threads, thread_name_prefix="mab-request")
         for listener in self.sockets:
             listener.setblocking(False)
+            enable_receive_timestamps(listener)
             self.selector.register(listener, READ, self.accept)
         # gunicorn's own pipe: signal handlers write to it (set_wakeup_fd), and
         # so do pool threads when a response is ready.
         self.selector.register(self.PIPE[0], READ, self.wake)
         last_notify = last_sweep = 0.0
+        last_report = time.monotonic()
+        # What waited while the app loaded is a backlog to drain, not yet an overload.
+        self.admission.note_empty(last_report)
         accepting = True
         try:
             while self.alive or self.connections:
@@ -177,14 +167,30 @@ class HttptoolsWorker(base.Worker):
                     if now > shutdown_deadline:
                         break
                     self._close_idle(now - SHUTDOWN_IDLE_SECONDS)
-                events = self.selector.select(timeout=1.0 if self.alive else 0.1)
-                # Requests read in this pass count their wait from here.
+                events = None
+                if self.pool is None and now - self.admission.last_empty > EMPTY_PROBE_SECONDS:
+                    # Is anything waiting? If not, the queue is empty (and the
+                    # poll below waits); if so, these are the events to serve.
+                    events = self.selector.select(timeout=0)
+                    if not events:
+                        self.admission.note_empty(time.monotonic())
+                if not events:
+                    events = self.selector.select(timeout=1.0 if self.alive else 0.1)
+                # Requests read in this pass without a kernel stamp count
+                # their wait from here.
                 self.now = time.monotonic()
+                self.real_minus_monotonic = time.time() - self.now
                 for key, mask in events:
                     key.data(key.fileobj, mask)
                 if self.now - last_sweep >= 1.0:
                     self._sweep(time.monotonic())
                     last_sweep = self.now
+                    if self.admission.shed and self.now - last_report >= 10.0:
+                        self.log.warning("overloaded: %d requests answered 503 in the last %.0fs (they waited too "
+                                         "long to start, or past their deadline)", self.admission.shed,
+                                         self.now - last_report)
+                        self.admission.shed = 0
+                        last_report = self.now
                 if self.ppid != os.getppid():
                     self.log.info("Parent changed, shutting down: %s", self)
                     break
@@ -298,7 +304,7 @@ class HttptoolsWorker(base.Worker):
         if not mask & READ or http.running:
             return
         try:
-            data = sock.recv(READ_SIZE)
+            data, ancillary, _, _ = sock.recvmsg(READ_SIZE, CMSG_SIZE)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -313,7 +319,7 @@ class HttptoolsWorker(base.Worker):
         if not data:
             conn.eof = True
         try:
-            http.receive(data, self.now)
+            http.receive(data, arrival(ancillary, self.now, self.real_minus_monotonic) if ancillary else self.now)
         except Exception:
             self.log.exception("the HTTP protocol failed on input from %s", conn.addr)
             http.refuse(ProtocolError(500, "internal_error", "internal server error"))
@@ -338,11 +344,17 @@ class HttptoolsWorker(base.Worker):
             # No reading while a thread has the connection: the loop would spin
             # on a readable socket it must not touch.
             self._set_events(conn, 0)
+            with self.pool_lock:
+                if not self.pool_waiting:
+                    self.admission.note_empty(time.monotonic())   # no request waits for a thread
+                self.pool_waiting += 1
             self.pool.submit(self._handle_on_pool, conn, request)
             return
         self._flush(conn)
 
     def _handle_on_pool(self, conn, request):
+        with self.pool_lock:
+            self.pool_waiting -= 1
         try:
             self.finished.append((conn, *self.handle(conn, request)))
         finally:
@@ -452,15 +464,14 @@ class HttptoolsWorker(base.Worker):
 
     # -- one request ------------------------------------------------------------------
 
-    def _http_date(self):
-        now = int(time.time())
-        if self._date[0] != now:
-            self._date = (now, formatdate(now, usegmt=True).encode())
-        return self._date[1]
-
     def handle(self, conn, request):
-        """Run the application on one request: (response bytes, keep the connection)."""
-        started = time.monotonic() if self.access_logging else 0.0
+        """Run the application on one request: (response bytes, keep the connection).
+
+        A request that waited too long to start (mab.http.admission) is
+        answered 503 without the application, the hooks or the access log."""
+        started = time.monotonic()
+        if not self.admission.admits(request, started):
+            return self.admission.refusal(request, self.alive)
         self.nr += 1
         if self.nr >= self.max_requests:
             if self.alive:
@@ -468,24 +479,4 @@ class HttptoolsWorker(base.Worker):
             self.alive = False
         environ = build_environ(request, conn.server, conn.addr,
                                 multithread=self.pool is not None, multiprocess=self.multiprocess)
-        try:
-            self.pre_request(self, request)
-            status, headers, body_parts, sized = call_application(self.wsgi, environ)
-            data, keep_alive, length = encode_response(
-                request, status, headers, body_parts, sized, request.keep_alive and self.alive, self._http_date()
-            )
-        except InvalidResponse as exc:
-            self.log.error("Invalid response to %s: %s", request.uri, exc)
-            return error_response(500, "internal_error", "internal server error"), False
-        except Exception:
-            self.log.exception("Error handling request %s", request.uri)
-            return error_response(500, "internal_error", "internal server error"), False
-        response = Response(status, headers, length)
-        try:
-            if self.access_logging:
-                elapsed = datetime.timedelta(seconds=time.monotonic() - started)
-                self.log.access(response, request, environ, elapsed)
-            self.post_request(self, request, environ, response)
-        except Exception:
-            self.log.exception("Exception in post_request hook or access log")
-        return data, keep_alive
+        return run_application(self, request, environ, request.keep_alive and self.alive, started)

@@ -1,16 +1,23 @@
 """A parsed request to a WSGI environ, and a WSGI application's answer.
 
-PEP 3333. The environ carries what gunicorn's own workers put in it, and
+PEP 3333, with gunicorn's hooks and access log around the application
+(``run_application``). The environ carries what gunicorn's own workers put in it, and
 two keys of this server:
 
-* ``mab.received``: ``time.monotonic()`` when the request's head was read;
+* ``mab.received``: ``time.monotonic()`` when the request's last bytes
+  reached the machine (the kernel's receive stamp where there is one);
 * ``mab.deadline``: the ``time.monotonic()`` instant by which the client
   wants its answer, from its ``x-envoy-expected-rq-timeout-ms`` header
   (Envoy's convention), or absent when the client gave none.
 """
 
+import datetime
 import io
 import sys
+import time
+from email.utils import formatdate
+
+from mab.http.response import InvalidResponse, encode_response, error_response
 
 DEADLINE_KEY = "mab.deadline"
 RECEIVED_KEY = "mab.received"
@@ -90,3 +97,55 @@ def call_application(app, environ):
     if not status_headers:
         raise RuntimeError("the application did not call start_response")
     return status_headers[0], status_headers[1], body_parts, sized
+
+
+class Response:
+    """What gunicorn's access log and post_request hook read of a response."""
+
+    __slots__ = ("status", "headers", "sent")
+
+    def __init__(self, status, headers, sent):
+        self.status = status
+        self.headers = headers
+        self.sent = sent
+
+
+_date = [0, b""]
+
+
+def http_date():
+    """The Date value for now (bytes), worked out once a second."""
+    now = int(time.time())
+    if _date[0] != now:
+        _date[:] = [now, formatdate(now, usegmt=True).encode()]
+    return _date[1]
+
+
+def run_application(worker, request, environ, keep_alive, started):
+    """Run `worker`'s WSGI application (gunicorn's ``worker.wsgi``) on
+    `request` as gunicorn's workers do: the pre_request hook, the
+    application, the access log (when configured), the post_request hook.
+    (response bytes, whether the connection stays open); a failure of the
+    application or a response that cannot be sent is logged and answered
+    500, closing the connection. `started` is time.monotonic() when the
+    request started, for the access log."""
+    try:
+        worker.pre_request(worker, request)
+        status, headers, body_parts, sized = call_application(worker.wsgi, environ)
+        data, keep_alive, length = encode_response(request, status, headers, body_parts, sized, keep_alive,
+                                                   http_date())
+    except InvalidResponse as exc:
+        worker.log.error("Invalid response to %s: %s", request.uri, exc)
+        return error_response(500, "internal_error", "internal server error"), False
+    except Exception:
+        worker.log.exception("Error handling request %s", request.uri)
+        return error_response(500, "internal_error", "internal server error"), False
+    response = Response(status, headers, length)
+    try:
+        if worker.access_logging:
+            elapsed = datetime.timedelta(seconds=time.monotonic() - started)
+            worker.log.access(response, request, environ, elapsed)
+        worker.post_request(worker, request, environ, response)
+    except Exception:
+        worker.log.exception("Exception in post_request hook or access log")
+    return data, keep_alive
