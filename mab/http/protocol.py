@@ -61,6 +61,10 @@ from mab.http.request import ProtocolError, Request, parse_target
 from mab.http.response import CONTINUE, error_response
 
 DEADLINE_HEADER = b"x-envoy-expected-rq-timeout-ms"
+# The fields the protocol reads, by lower-case name.
+_LENGTH, _TYPE, _HOST, _CODING, _EXPECT, _DEADLINE = range(6)
+_FIELDS = {b"content-length": _LENGTH, b"content-type": _TYPE, b"host": _HOST, b"transfer-encoding": _CODING,
+           b"expect": _EXPECT, DEADLINE_HEADER: _DEADLINE}
 
 
 class HttpConnection:
@@ -315,19 +319,20 @@ class HttpConnection:
         hosts = content_types = 0
         headers = []
         for name, value in self.headers:
-            lowered = name.lower()
-            if lowered == b"content-length":
-                length = int(value)         # llhttp has checked it: digits, one value
-            elif lowered == b"content-type":
-                content_types += 1
-            elif lowered == b"host":
-                hosts += 1
-            elif lowered == b"transfer-encoding":
-                transfer_codings += value.split(b",")
-            elif lowered == b"expect":
-                expect = value if expect is None else expect + b"," + value
-            elif lowered == DEADLINE_HEADER:
-                deadline = value
+            kind = _FIELDS.get(name.lower())
+            if kind is not None:
+                if kind == _LENGTH:
+                    length = int(value)     # llhttp has checked it: digits, one value
+                elif kind == _TYPE:
+                    content_types += 1
+                elif kind == _HOST:
+                    hosts += 1
+                elif kind == _CODING:
+                    transfer_codings += value.split(b",")
+                elif kind == _EXPECT:
+                    expect = value if expect is None else expect + b"," + value
+                else:
+                    deadline = value
             headers.append((name.decode("latin-1"), value.rstrip(b" \t").decode("latin-1")))
         if hosts > 1:
             raise ProtocolError(400, "bad_request", "more than one Host field")
@@ -353,8 +358,12 @@ class HttpConnection:
             if expect.strip(b" \t").lower() != b"100-continue":
                 raise ProtocolError(417, "expectation_failed", "only Expect: 100-continue is supported")
             self.continue_due = has_body
-        path, query = parse_target(method, self.url)
-        request = Request(method.decode("latin-1"), self.url.decode("latin-1"), version, path, query, headers, self.now)
+        url = self.url
+        if url[:1] == b"/" and b"%" not in url and b"?" not in url and b"#" not in url:
+            path, query = url.decode("latin-1"), ""         # the usual target: nothing to decode
+        else:
+            path, query = parse_target(method, url)
+        request = Request(method.decode("latin-1"), url.decode("latin-1"), version, path, query, headers, self.now)
         if deadline is not None:
             if not deadline.isdigit() or len(deadline) > 12:
                 raise ProtocolError(400, "invalid_deadline",
