@@ -4,6 +4,10 @@ import os
 import signal
 import socket
 import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 
 
 def terminate(process, timeout=30):
@@ -23,3 +27,79 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def session_pids(sid):
+    """PIDs of every live process in session `sid` (a server and its workers), from /proc."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == sid:       # field 6 of stat: the session id
+                pids.append(int(entry))
+    return pids
+
+
+class Gunicorn:
+    """The service under gunicorn with the repository's gunicorn.conf.py, in
+    its own session, pinned to `cores` (a taskset list such as "0") when
+    given, logging to `log_path`; stopped by PID, with anything of its
+    session left over. `env` adds to (and overrides) os.environ."""
+
+    def __init__(self, root, env, log_path, *, cores=None, app="app:app", python=None):
+        self.root = root
+        self.port = free_port()
+        self.env = dict(os.environ, **env)
+        self.env["GUNICORN_CMD_ARGS"] = f"--bind 127.0.0.1:{self.port} " + env.get("GUNICORN_CMD_ARGS", "")
+        self.log_path = log_path
+        self.cores = cores
+        self.app = app
+        self.python = python or sys.executable
+        self.process = None
+        self._log = None
+
+    def start(self):
+        self._log = open(self.log_path, "w")
+        command = [self.python, "-m", "gunicorn", "-c", os.path.join(self.root, "gunicorn.conf.py"), self.app]
+        if self.cores is not None:
+            command = ["taskset", "-c", self.cores, *command]
+        self.process = subprocess.Popen(command, env=self.env, cwd=self.root, stdout=self._log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def wait_ready(self, timeout=120, path="/ready"):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gunicorn exited with {self.process.returncode}; see {self.log_path}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"gunicorn not ready after {timeout}s; see {self.log_path}")
+
+    def worker_pids(self):
+        return [pid for pid in session_pids(self.process.pid) if pid != self.process.pid]
+
+    def output(self):
+        with open(self.log_path) as f:
+            return f.read()
+
+    def stop(self):
+        if self.process is None:
+            return
+        terminate(self.process)
+        for pid in session_pids(self.process.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if self._log:
+            self._log.close()

@@ -1,30 +1,21 @@
-"""mab.worker.HttptoolsWorker under a real gunicorn master, over raw sockets."""
+"""mab.worker.HttptoolsWorker (mab.http.worker) under a real gunicorn master, over raw sockets.
+
+The HTTP conformance cases, side by side with gunicorn's sync worker, are in
+test_conformance.py."""
 
 import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 
 import orjson
 import pytest
 
-from tests.serving import ROOT, Server
+from tests.http.rawclient import Client, error_code
+from tests.serving import Server
 
 WORKER = "mab.worker.HttptoolsWorker"
 BODY = orjson.dumps({"item_ids": ["item-000001", "item-000002", "nope"], "seed": 1})
-
-
-@pytest.fixture(scope="module")
-def data_csv(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "items.csv"
-    subprocess.run(
-        [sys.executable, os.path.join(ROOT, "scripts", "make_demo_data.py"), "--items", "1000", "--out", str(path)],
-        check=True, capture_output=True,
-    )
-    return path
 
 
 def start(tmp_path, data_csv, **env):
@@ -52,70 +43,6 @@ def post(body=BODY, *, path="/predict", extra=b"", close=False):
         b"POST %s HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s%s\r\n%s"
         % (path.encode(), len(body), extra, b"Connection: close\r\n" if close else b"", body)
     )
-
-
-class Client:
-    """One raw connection; reads responses framed by Content-Length or chunks."""
-
-    def __init__(self, port):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.buffer = b""
-
-    def send(self, data):
-        self.sock.sendall(data)
-
-    def _fill(self):
-        chunk = self.sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("closed")
-        self.buffer += chunk
-
-    def response(self):
-        while b"\r\n\r\n" not in self.buffer:
-            self._fill()
-        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split()[1])
-        headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
-        if "content-length" in headers:
-            n = int(headers["content-length"])
-            while len(self.buffer) < n:
-                self._fill()
-            body, self.buffer = self.buffer[:n], self.buffer[n:]
-        elif headers.get("transfer-encoding") == "chunked":
-            body = b""
-            while True:
-                while b"\r\n" not in self.buffer:
-                    self._fill()
-                size_line, self.buffer = self.buffer.split(b"\r\n", 1)
-                size = int(size_line, 16)
-                while len(self.buffer) < size + 2:
-                    self._fill()
-                body, self.buffer = body + self.buffer[:size], self.buffer[size + 2:]
-                if size == 0:
-                    break
-        else:
-            body = b""
-        return status, headers, body
-
-    def closed(self, timeout=5):
-        """True once the server closes the connection (within `timeout`)."""
-        self.sock.settimeout(timeout)
-        try:
-            while True:
-                if not self.sock.recv(65536):
-                    return True
-        except (ConnectionResetError, BrokenPipeError):
-            return True
-        except socket.timeout:
-            return False
-
-    def close(self):
-        self.sock.close()
-
-
-def error_code(body):
-    return orjson.loads(body)["error"]["code"]
 
 
 # -- keep-alive, pipelining, framing ------------------------------------------------
@@ -223,7 +150,8 @@ def test_response_headers(server):
         (b"POST /predict HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", 400, "bad_request"),
         (b"POST /predict HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400, "bad_request"),
         (b"GARBAGE\r\n\r\n", 400, "bad_request"),
-        (b"GET /health HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n", 400, "upgrade_not_supported"),
+        (b"POST /predict HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nContent-Length: 2\r\n\r\n{}", 400,
+         "upgrade_not_supported"),
         (b"POST /predict HTTP/1.1\r\nExpect: something-else\r\nContent-Length: 1\r\n\r\n", 417, "expectation_failed"),
     ],
 )
@@ -387,5 +315,35 @@ def test_recycling_under_keep_alive_load_loses_no_request(tmp_path, data_csv):
             t.join(120)
         assert not failures, failures
         assert answered[0] == 240 and len(workers) >= 3, "the worker was recycled several times"
+    finally:
+        server.stop()
+
+
+def test_a_full_worker_makes_room_for_a_new_client(tmp_path, data_csv):
+    """At worker_connections, a new client still gets in: the connection
+    dawdling longest over its request is told 503 and closed."""
+    server = Server(tmp_path, {
+        "MAB_DATA": str(data_csv), "MAB_CACHE_DIR": str(tmp_path / "cache"), "MAB_WORKER_CLASS": WORKER,
+        "WEB_CONCURRENCY": "1",
+    })
+    server.env["GUNICORN_CMD_ARGS"] += " --worker-connections 4"
+    server.start()
+    try:
+        server.wait_ready()
+        slow = []
+        for _ in range(4):
+            client = Client(server.port)
+            client.send(b"GET /health HTTP/1.1\r\nHost: t\r\nX-A: ")     # and no more
+            slow.append(client)
+            time.sleep(0.05)
+        fresh = Client(server.port)
+        fresh.send(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert fresh.response()[0] == 200
+        status, headers, body = slow[0].response()
+        assert (status, error_code(body), headers["retry-after"]) == (503, "overloaded", "1")
+        assert slow[0].closed()
+        for client in slow[1:]:
+            assert not client.ready(0.2), "only the oldest made room"
+            client.close()
     finally:
         server.stop()
