@@ -24,6 +24,7 @@ from mab.errors import (
     Unavailable,
     UnknownModel,
 )
+from mab.http.wsgi import DEADLINE_KEY
 from mab.sampling import sample_beta
 from mab._wire import IdSpans
 from mab.service import PredictionService, read_prediction_request
@@ -145,7 +146,10 @@ class PredictionResource:
 
     def on_post(self, req, resp):
         request = read_prediction_request(read_json_body(req, self.max_body_bytes), self.max_items)
-        prediction = self.service.predict(request)
+        # The client's deadline (x-envoy-expected-rq-timeout-ms), as the
+        # worker read it from the request head: the feature fetch ends by
+        # then, so no answer is computed for a client that has given up.
+        prediction = self.service.predict(request, req.env.get(DEADLINE_KEY))
         resp.data = orjson.dumps(
             {
                 "model": prediction.model,
