@@ -112,6 +112,7 @@ class Store(VertexStore):
         self._rpc = None
         self._metadata = ()
         self._stream = None
+        self._positions = {}   # features -> {name: index}
 
     def _client_classes(self):
         import grpc
@@ -272,27 +273,30 @@ class Store(VertexStore):
         a upb message costs ~0.1-0.2 us, and there are a few per feature of
         each of hundreds of keys; anything else takes the careful path.
         """
+        position = self._positions.get(features)
+        if position is None:
+            position = self._positions[features] = {name: i for i, name in enumerate(features)}
         counts = [None] * len(features)
-        plain = True
         for pair in entry.key_values.features:
-            try:
-                i = features.index(pair.name)
-            except ValueError:
+            i = position.get(pair.name)
+            if i is None:
                 continue
             value = pair.value
             kind = value.WhichOneof("value")
             if kind == "int64_value":
                 number = value.int64_value
-                plain = plain and number >= 0
-                counts[i] = float(number)
+                if number < 0:
+                    break
             elif kind == "double_value":
                 number = value.double_value
-                plain = plain and 0 <= number < INFINITY   # NaN is not
-                counts[i] = number
+                if not 0 <= number < INFINITY:   # NaN is not
+                    break
             else:
-                plain = False
-        if plain and None not in counts:
-            return tuple(counts)
+                break
+            counts[i] = number
+        else:
+            if None not in counts:
+                return tuple(counts)
         return self._key_counts(key, features, entry)   # missing, or something to check and say
 
     # -- per-key reads (read_api = "fetch") ----------------------------------------------

@@ -61,7 +61,7 @@ class SharedStream:
         self._as_error = as_error
         self._rpc_error = rpc_error
         self._outgoing = queue.SimpleQueue()
-        self._waiting = {}            # key -> [_Fetch]
+        self._waiting = {}            # key -> the _Fetch waiting for it, or a list of them
         self._lock = threading.Lock()
         self.error = None             # why the stream ended; None while it serves
         self.answered_at = time.monotonic()   # when the last answer arrived
@@ -80,12 +80,13 @@ class SharedStream:
             if self.error is not None:
                 return {}, self.error
             waiting = self._waiting
-            for key in keys:
-                waiters = waiting.get(key)
-                if waiters is None:
-                    waiting[key] = [fetch]
-                else:
-                    waiters.append(fetch)
+            # Usually no other fetch waits for these keys: then one C-level
+            # update registers them all (a key's value is the fetch waiting
+            # for it, or a list of them when several do).
+            earlier = {key: waiting[key] for key in waiting.keys() & keys}
+            waiting.update(dict.fromkeys(keys, fetch))
+            for key, waiters in earlier.items():
+                waiting[key] = (waiters if type(waiters) is list else [waiters]) + [fetch]
         sent_at = time.monotonic()
         for message in messages:
             self._outgoing.put(message)
@@ -95,12 +96,15 @@ class SharedStream:
         with self._lock:
             if not fetch.left:
                 return fetch.outcomes, None
+            waiting = self._waiting
             for key in keys:
-                waiters = self._waiting.get(key)
-                if waiters is not None and fetch in waiters:
+                waiters = waiting.get(key)
+                if waiters is fetch:
+                    del waiting[key]
+                elif type(waiters) is list and fetch in waiters:
                     waiters.remove(fetch)
                     if not waiters:
-                        del self._waiting[key]
+                        del waiting[key]
             return fetch.outcomes, self.error or StreamEnded(
                 f"some keys unanswered within {timeout * 1000:.0f} ms on a stream that answers others"
             )
@@ -110,6 +114,8 @@ class SharedStream:
         waiters = self._waiting.pop(key, None)
         if waiters is None:
             return   # answered already (another fetch asked for it too), or given up
+        if type(waiters) is not list:
+            waiters = (waiters,)
         features, outcome = None, None
         for fetch in waiters:
             if fetch.features is not features:
@@ -143,7 +149,7 @@ class SharedStream:
         self._outgoing.put(_END)
         self._call.cancel()
         for waiters in waiting.values():
-            for fetch in waiters:
+            for fetch in waiters if type(waiters) is list else (waiters,):
                 fetch.done.set()
 
     def close(self, timeout=1.0):

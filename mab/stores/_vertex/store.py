@@ -280,7 +280,8 @@ class VertexStore:
             self._attempt(chunk, pending, features, time.monotonic() + min(self._attempt_timeout, remaining))
 
     def _batch(self, entity_ids, outcomes, n_features):
-        rows = [outcomes.get(entity_id, FAILED) for entity_id in entity_ids]
+        get = outcomes.get
+        rows = [get(entity_id, FAILED) for entity_id in entity_ids]
         # list.count compares by identity first: C loops, not Python ones.
         missing, failed = rows.count(MISSING), rows.count(FAILED)
         failed_mask = None
