@@ -80,6 +80,9 @@ class VertexSettings:
     cache_refresh_after_seconds: float = 0.0   # older than this: served, and refreshed in the background
     cache_missing_ttl_seconds: float = 0.0     # the TTL of entities the store does not hold
     cache_max_entries: int = 100_000
+    # The circuit breaker (mab.stores._vertex.breaker): 0 failures turns it off.
+    breaker_failures: int = 5              # whole-fetch failures in a row that open it
+    breaker_reset_seconds: float = 2.0     # open this long, then one probe at a time
 
     # The backend's resource id keys, in the order of the resource name.
     RESOURCE_KEYS = ()
@@ -134,6 +137,12 @@ class VertexSettings:
         )
         values["cache_max_entries"] = pop_number(
             table, "cache_max_entries", where, cls.cache_max_entries, minimum=1, integer=True
+        )
+        values["breaker_failures"] = pop_number(
+            table, "breaker_failures", where, cls.breaker_failures, minimum=0, integer=True
+        )
+        values["breaker_reset_seconds"] = pop_number(
+            table, "breaker_reset_seconds", where, cls.breaker_reset_seconds, minimum=0, above=True
         )
         values.update(cls._backend_settings(table, where))
         if table:

@@ -46,6 +46,7 @@ import numpy as np
 
 from mab.errors import ConfigError
 from mab.stores import FeatureBatch
+from mab.stores._vertex.breaker import CircuitBreaker
 from mab.stores._vertex.cache import NOT_SERVED, SERVED_MISSING, FeatureCache
 from mab.stores._vertex.outcomes import FAILED, MISSING, DeadlineReached, UnexpectedAnswer
 
@@ -113,11 +114,13 @@ class VertexStore:
         self._retry = None
         self._store_errors = (DeadlineReached, UnexpectedAnswer)
         self._cache = None
+        self._breaker = None
         self._deadline = settings.deadline_ms / 1000
         self._attempt_timeout = settings.attempt_timeout_ms / 1000
         self._lock = threading.Lock()
         self._stats = dict.fromkeys(
-            ("requests", "entities", "calls", "retries", "found", "missing", "failed", "invalid_values"), 0
+            ("requests", "entities", "calls", "retries", "found", "missing", "failed", "invalid_values", "short_circuited"),
+            0,
         )
         self._last_error = None
         self._warned_at = -math.inf
@@ -150,6 +153,8 @@ class VertexStore:
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=settings.pool_size, thread_name_prefix=f"mab-store-{settings.name}"
         )
+        if settings.breaker_failures > 0:
+            self._breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset_seconds, clock=self._clock)
         if settings.cache_ttl_seconds > 0:
             self._cache = FeatureCache(settings, self._refresh_fetch, clock=self._clock)
             self._cache.start(settings.name)
@@ -204,7 +209,7 @@ class VertexStore:
         features = tuple(features)
         if self._cache is None:
             entity_ids = [prefix + item_id + suffix for item_id in item_ids] if prefix or suffix else list(item_ids)
-            outcomes = self._fetch_remote(list(dict.fromkeys(entity_ids)), features, end)
+            outcomes = self._guarded_fetch(list(dict.fromkeys(entity_ids)), features, end)
             return self._batch(entity_ids, outcomes, len(features))
         values, status = self._cache.lookup(features, item_ids, prefix, suffix)
         missing = int(np.count_nonzero(status == SERVED_MISSING))
@@ -212,7 +217,7 @@ class VertexStore:
         if not unserved:
             return FeatureBatch(tuple(values), missing)
         entity_ids = [prefix + item_ids[i] + suffix for i in unserved]
-        outcomes = self._fetch_remote(list(dict.fromkeys(entity_ids)), features, end)
+        outcomes = self._guarded_fetch(list(dict.fromkeys(entity_ids)), features, end)
         self._cache.store(features, outcomes)
         failed_mask = None
         for position, entity_id in zip(unserved, entity_ids):
@@ -230,7 +235,26 @@ class VertexStore:
 
     def _refresh_fetch(self, entity_ids, features):
         """The cache's refresher reads through the same path, with the store's deadline."""
-        return self._fetch_remote(entity_ids, features, time.monotonic() + self._deadline)
+        return self._guarded_fetch(entity_ids, features, time.monotonic() + self._deadline)
+
+    def _guarded_fetch(self, entity_ids, features, end):
+        """The backend's read behind the circuit breaker: while it is open,
+        every entity fails at once, without a call."""
+        breaker = self._breaker
+        if breaker is None:
+            return self._fetch_remote(entity_ids, features, end)
+        if not breaker.allow():
+            with self._lock:
+                self._stats["short_circuited"] += 1
+                self._stats["failed"] += len(entity_ids)
+            return dict.fromkeys(entity_ids, FAILED)
+        outcomes = {}
+        try:
+            outcomes = self._fetch_remote(entity_ids, features, end)
+        finally:
+            # Down as a whole: nothing came back but failures.
+            breaker.record(any(outcome is not FAILED for outcome in outcomes.values()))
+        return outcomes
 
     def _fetch_remote(self, entity_ids, features, end):
         size = self.settings.chunk_size
@@ -384,4 +408,5 @@ class VertexStore:
             "load_seconds": self._load_seconds,
             "fetches": fetches,
             "cache": self._cache.describe() if self._cache is not None else {"enabled": False},
+            "circuit_breaker": self._breaker.describe() if self._breaker is not None else {"enabled": False},
         }
