@@ -3,7 +3,8 @@
 open files grow? (issue 9 section 5: 10 minutes at 80% of peak, RSS within
 5% of its value after warm-up, open file descriptors constant.)
 
-It starts the service (one worker, pinned to --server-cores), measures the
+It starts the service (one worker, pinned to --server-cores, never recycled by
+max_requests), measures the
 peak with wrk (closed loop, --connections, a few seconds) unless --peak is
 given, then offers --fraction of it with paced wrk connections (random
 exponential gaps, as scripts/bench.py's paced steps) for --minutes, pinned
@@ -94,7 +95,10 @@ def main(argv=None):
     script = os.path.join(work, "soak.lua")
     with open(script, "w") as f:
         f.write(WRK_SCRIPT)
-    server = Gunicorn(ROOT, {"MAB_DATA": data, "MAB_CACHE_DIR": os.path.join(work, "cache"), "WEB_CONCURRENCY": "1"},
+    # MAB_MAX_REQUESTS=0: no recycling of the worker by max_requests (about
+    # a million requests), which would hide any growth this run looks for.
+    server = Gunicorn(ROOT, {"MAB_DATA": data, "MAB_CACHE_DIR": os.path.join(work, "cache"), "WEB_CONCURRENCY": "1",
+                             "MAB_MAX_REQUESTS": "0"},
                       os.path.join(work, "server.log"), cores=args.server_cores)
     load = None
     try:
@@ -113,12 +117,16 @@ def main(argv=None):
         samples = []
         while time.monotonic() - started < seconds - 1:
             time.sleep(args.every)
-            rss, fds, threads = sample(pid)
+            try:
+                rss, fds, threads = sample(pid)
+            except FileNotFoundError:
+                raise SystemExit(f"the worker {pid} exited during the run; see {server.log_path}") from None
             samples.append({"t": round(time.monotonic() - started, 1), "rss_kib": rss, "fds": fds, "threads": threads})
             print(f"  {samples[-1]['t']:7.1f} s  RSS {rss / 1024:7.1f} MiB  fds {fds}  threads {threads}",
                   file=sys.stderr, flush=True)
         totals = summary(load.communicate(timeout=seconds + 120)[0])
-        assert sample(pid) and pid == worker_pid(server.process.pid), "the worker was replaced during the run"
+        if worker_pid(server.process.pid) != pid:
+            raise SystemExit(f"the worker was replaced during the run; see {server.log_path}")
     finally:
         if load is not None and load.poll() is None:
             load.kill()

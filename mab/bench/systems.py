@@ -15,24 +15,9 @@ import urllib.error
 import urllib.request
 
 from mab.cli.serve import gunicorn_command
-from mab.testing.processes import free_port, terminate
+from mab.testing.processes import free_port, session_pids, terminate
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def session_pids(sid):
-    """PIDs of every live process in session `sid` (a server and its workers)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[3]) == sid:       # field 6 of stat: session id
-                pids.append(int(entry))
-    return pids
 
 
 def cpu_ticks(pid, include_children=False):
