@@ -111,11 +111,19 @@ def main(argv=None):
             peak = summary(run.communicate(timeout=120)[0])["requests_per_s"]
         target = args.fraction * peak
         seconds = int(args.minutes * 60)
-        load = wrk(server.port, args, args.connections, seconds, bodies, script,
-                   delay_ms=args.connections / target * 1000)
+        # A short trial first: answers take time too, so paced connections
+        # offer less than connections / mean gap; scale the gap by what the
+        # trial served (as scripts/bench.py's paced steps do).
+        delay_ms = args.connections / target * 1000
+        trial = wrk(server.port, args, args.connections, 5, bodies, script, delay_ms=delay_ms)
+        served = summary(trial.communicate(timeout=120)[0])["requests_per_s"]
+        delay_ms *= served / target
+        load = wrk(server.port, args, args.connections, seconds, bodies, script, delay_ms=delay_ms)
         started = time.monotonic()
         samples = []
-        while time.monotonic() - started < seconds - 1:
+        # The last sample a full interval before wrk stops: after it, its
+        # connections close and the count of open files drops.
+        while time.monotonic() - started + 2 * args.every < seconds:
             time.sleep(args.every)
             try:
                 rss, fds, threads = sample(pid)
