@@ -129,18 +129,33 @@ def test_the_app_gets_the_deadline(tmp_path, data_csv):
 
 def latencies(port, seconds, fresh_every):
     """Latencies (s) of GET /health for `seconds`: keep-alive, with a new
-    connection every `fresh_every` requests."""
+    connection every `fresh_every` requests.
+
+    Like any HTTP client (RFC 9112 section 9.3.1), it sends an idempotent
+    request again on a new connection when the server closed a kept-alive
+    one before answering: at worker_connections the worker may pick an idle
+    keep-alive connection to make room (a starved client idles longest), and
+    the retry's time counts in the latency."""
     got = []
     client = None
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         started = time.monotonic()
-        if client is None or len(got) % fresh_every == 0:
+        fresh = client is None or len(got) % fresh_every == 0
+        if fresh:
             if client is not None:
                 client.close()
             client = Client(port)
-        client.send(HEALTH)
-        status, _, _ = client.response()
+        try:
+            client.send(HEALTH)
+            status, _, _ = client.response()
+        except (ConnectionError, OSError):
+            if fresh:
+                raise
+            client.close()
+            client = Client(port)
+            client.send(HEALTH)
+            status, _, _ = client.response()
         got.append(time.monotonic() - started)
         assert status == 200
         time.sleep(0.005)
