@@ -293,11 +293,14 @@ class Recorder:
 class MetricsResource:
     """GET /metrics: the Prometheus text format (exposition format 0.0.4)."""
 
-    def __init__(self, recorder):
+    def __init__(self, recorder, served_by):
         self.recorder = recorder
+        self.served_by = served_by
 
     def on_get(self, req, resp):
         resp.data, resp.content_type = self.recorder.exposition()
+        # Which worker answered: in multiprocess mode any of them sees all.
+        resp.set_header("X-Served-By", self.served_by())
 
 
 # -- the master's side (mab/gunicorn_conf.py) ----------------------------------------

@@ -290,7 +290,7 @@ def create_app(config, *, stores=None, sampler=sample_beta, load="background"):
     app.add_route("/health", HealthResource())
     app.add_route("/ready", ReadinessResource(service))
     app.add_route("/openapi.json", OpenAPIResource(max_items=config.max_items))
-    app.add_route("/metrics", metrics.MetricsResource(recorder))
+    app.add_route("/metrics", metrics.MetricsResource(recorder, served_by))
     if recorder.multiprocess:
         # Other workers answer scrapes too: they read this one's files.
         recorder.start_flushing()
