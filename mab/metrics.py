@@ -126,6 +126,10 @@ class Recorder:
         self.in_flight = Gauge(
             "mab_http_requests_in_flight", "Requests being run by the app (scrapes excluded), summed over workers.",
             multiprocess_mode="livesum", registry=r)
+        self.queue = Histogram(
+            "mab_http_queue_seconds",
+            "Time a request waited between reaching the machine and the app's start (mab's worker only).",
+            buckets=LATENCY_BUCKETS, registry=r)
         self.items = Histogram(
             "mab_predict_items", "Items per /predict request.", buckets=ITEMS_BUCKETS, registry=r)
         self.missing = Counter(
@@ -168,6 +172,7 @@ class Recorder:
         self._counts = {}                                  # (route, status, model) -> n
         self._durations = {route: _Histogram(LATENCY_BUCKETS) for route in ROUTES + ("other",)}
         self._items = _Histogram(ITEMS_BUCKETS)
+        self._queue = _Histogram(LATENCY_BUCKETS)
         self._stages = [_Histogram(STAGE_BUCKETS) for _ in STAGES]
         self._missing = 0
         self._degraded = 0
@@ -179,9 +184,10 @@ class Recorder:
         with self._lock:
             self._running += 1
 
-    def request(self, path, status, seconds, environ, counted_in_flight):
+    def request(self, path, status, seconds, environ, counted_in_flight, queued=None):
         """One answered request: its path, status (str, e.g. "200"), seconds
-        in the app, and its environ (what the /predict resource left there)."""
+        in the app, its environ (what the /predict resource left there), and
+        the seconds it waited before the app started it (None: unknown)."""
         route = path if path in ROUTES else "other"
         model = environ.get(MODEL_KEY, "")
         prediction = environ.get(PREDICTION_KEY)
@@ -196,6 +202,10 @@ class Recorder:
             histogram = self._durations[route]
             histogram.counts[_bisect(LATENCY_BUCKETS, seconds)] += 1
             histogram.total += seconds
+            if queued is not None:
+                histogram = self._queue
+                histogram.counts[_bisect(LATENCY_BUCKETS, queued)] += 1
+                histogram.total += queued
             if prediction is not None:
                 n_items, missing, degraded, stage_seconds = prediction
                 histogram = self._items
@@ -219,6 +229,7 @@ class Recorder:
         read the stores' counters. Safe from any thread."""
         with self._lock:
             counts, durations, items, stages = self._counts, self._durations, self._items, self._stages
+            queue = self._queue
             missing, degraded, running = self._missing, self._degraded, self._running
             self._new_pending()
         for (route, status, model), n in counts.items():
@@ -228,6 +239,8 @@ class Recorder:
                 _flush_histogram(self.duration.labels(route), pending)
         if any(items.counts):
             _flush_histogram(self.items, items)
+        if any(queue.counts):
+            _flush_histogram(self.queue, queue)
         for stage, pending in zip(STAGES, stages):
             if any(pending.counts):
                 _flush_histogram(self.stage.labels(stage), pending)

@@ -25,7 +25,7 @@ from mab.errors import (
     Unavailable,
     UnknownModel,
 )
-from mab.http.wsgi import DEADLINE_KEY
+from mab.http.wsgi import DEADLINE_KEY, RECEIVED_KEY
 from mab import metrics
 from mab import sampling
 from mab.sampling import sample_beta
@@ -249,6 +249,8 @@ class App(falcon.App):
         in_flight = path != "/metrics"
         if in_flight:
             recorder.started()
+        received = environ.get(RECEIVED_KEY)     # set by mab's worker only
+        queued = None if received is None else max(0.0, time.monotonic() - received)
         started = time.perf_counter()
         status = "500"
 
@@ -260,7 +262,7 @@ class App(falcon.App):
         try:
             return super().__call__(environ, recording_start_response)
         finally:
-            recorder.request(path, status, time.perf_counter() - started, environ, in_flight)
+            recorder.request(path, status, time.perf_counter() - started, environ, in_flight, queued)
 
 
 def create_app(config, *, stores=None, sampler=sample_beta, load="background"):

@@ -175,3 +175,15 @@ def test_in_flight_counts_started_requests_until_answered():
     recorder.request("/predict", "200", 0.01, {}, counted_in_flight=True)
     recorder.request("/predict", "200", 0.01, {}, counted_in_flight=True)
     assert value(samples(recorder.exposition()[0].decode()), "mab_http_requests_in_flight") == 0
+
+
+def test_queue_time_is_read_from_the_worker_environ(client):
+    import time
+
+    environ_extra = {"mab.received": time.monotonic() - 0.2}
+    assert client.simulate_get("/health", extras=environ_extra).status_code == 200
+    assert client.simulate_get("/health").status_code == 200      # no mab worker: no queue time
+    scraped = scrape(client)
+    assert value(scraped, "mab_http_queue_seconds_count") == 1
+    assert value(scraped, "mab_http_queue_seconds_sum") >= 0.2
+    assert value(scraped, "mab_http_queue_seconds_bucket", le="0.1") == 0
