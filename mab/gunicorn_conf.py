@@ -102,6 +102,9 @@ preload_app = False
 loglevel = os.environ.get("MAB_LOG_LEVEL", "info")
 errorlog = "/dev/stdout"
 accesslog = "/dev/stdout" if os.environ.get("MAB_ACCESS_LOG", "0") == "1" else None
+# One JSON object a line (mab.access_log): request id, method, path, status,
+# duration, model, items.
+logger_class = "mab.access_log.JsonAccessLogger"
 
 proc_name = "mab"
 

@@ -27,6 +27,7 @@ from mab.errors import (
 )
 from mab.http.wsgi import DEADLINE_KEY, RECEIVED_KEY
 from mab import metrics
+from mab.access_log import REQUEST_ID_KEY, request_id
 from mab import sampling
 from mab.sampling import sample_beta
 import mab
@@ -240,11 +241,21 @@ class App(falcon.App):
         self.metrics = recorder
 
     def __call__(self, environ, start_response):
-        """Falcon's app, with each request counted and timed (mab.metrics):
-        a few additions to plain numbers, no middleware."""
+        """Falcon's app, with the request's X-Request-ID (mab.access_log) on
+        its response, and each request counted and timed (mab.metrics): a
+        few additions to plain numbers, no middleware."""
+        rid = environ[REQUEST_ID_KEY] = request_id(environ)
         recorder = self.metrics
+        status = "500"
+
+        def start_response_with_id(status_line, headers, exc_info=None):
+            nonlocal status
+            status = status_line[:3]
+            headers.append(("X-Request-ID", rid))
+            return start_response(status_line, headers, exc_info)
+
         if recorder is None:
-            return super().__call__(environ, start_response)
+            return super().__call__(environ, start_response_with_id)
         path = environ.get("PATH_INFO", "")
         in_flight = path != "/metrics"
         if in_flight:
@@ -252,15 +263,8 @@ class App(falcon.App):
         received = environ.get(RECEIVED_KEY)     # set by mab's worker only
         queued = None if received is None else max(0.0, time.monotonic() - received)
         started = time.perf_counter()
-        status = "500"
-
-        def recording_start_response(status_line, headers, exc_info=None):
-            nonlocal status
-            status = status_line[:3]
-            return start_response(status_line, headers, exc_info)
-
         try:
-            return super().__call__(environ, recording_start_response)
+            return super().__call__(environ, start_response_with_id)
         finally:
             recorder.request(path, status, time.perf_counter() - started, environ, in_flight, queued)
 

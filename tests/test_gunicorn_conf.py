@@ -86,6 +86,7 @@ def test_logs_go_to_stdout_without_access_lines(server):
     output = server.output()
     assert "store 'default' ready" in output, "the app's records reach gunicorn's log"
     assert "POST /predict" not in output, "no access log unless MAB_ACCESS_LOG=1"
+    assert '"request_id"' not in output, "no JSON access log unless MAB_ACCESS_LOG=1"
 
 
 def test_stops_cleanly_by_pid(server):
@@ -353,3 +354,32 @@ def test_in_flight_gauge_follows_a_slow_request_and_forgets_killed_workers(tmp_p
         standin.stop()
         server.stop()
     assert "Traceback" not in server.output()
+
+
+def test_the_access_log_has_a_json_line_per_request_with_its_id(tmp_path, data_csv):
+    server = Server(tmp_path, {"MAB_DATA": str(data_csv), "MAB_CACHE_DIR": str(tmp_path / "cache"),
+                               "WEB_CONCURRENCY": "1", "MAB_ACCESS_LOG": "1"})
+    server.start()
+    try:
+        server.wait_ready()
+        ids = [f"item-{i:06d}" for i in range(7)]
+        status, headers, _ = server.request("POST", "/predict", orjson.dumps({"item_ids": ids}),
+                                            {"Content-Type": "application/json", "X-Request-ID": "trace-42"})
+        assert status == 200 and headers["X-Request-ID"] == "trace-42"
+        status, headers, _ = server.request("GET", "/health")
+        generated = headers["X-Request-ID"]
+        assert len(generated) == 32
+        deadline = time.monotonic() + 10
+        while generated not in server.output() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        assert server.stop() == 0
+    lines = {}
+    for line in server.output().splitlines():
+        if line.startswith("{"):
+            record = orjson.loads(line)
+            lines[record["request_id"]] = record
+    predict = lines["trace-42"]
+    assert predict["method"] == "POST" and predict["path"] == "/predict" and predict["status"] == 200
+    assert predict["model"] == "default" and predict["items"] == 7 and predict["duration_seconds"] > 0
+    assert lines[generated]["path"] == "/health" and lines[generated]["status"] == 200
