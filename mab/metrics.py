@@ -157,7 +157,8 @@ class Recorder:
         if build is not None:
             self.build_info.labels(str(build["version"]), str(build["openmp"]), str(build["sampler_threads"])).set(1)
 
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()          # the request path's numbers
+        self._flush_lock = threading.Lock()
         self._running = 0
         self._new_pending()
         self._store_seen = {}
@@ -226,7 +227,12 @@ class Recorder:
 
     def flush(self):
         """Move what the request path counted into the prometheus values, and
-        read the stores' counters. Safe from any thread."""
+        read the stores' counters. Safe from any thread: a scrape's flush
+        and the timer's never overlap (the stores' deltas depend on it)."""
+        with self._flush_lock:
+            self._flush()
+
+    def _flush(self):
         with self._lock:
             counts, durations, items, stages = self._counts, self._durations, self._items, self._stages
             queue = self._queue

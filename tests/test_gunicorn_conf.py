@@ -1,6 +1,7 @@
 """End to end: gunicorn with gunicorn.conf.py and app.py, over real HTTP."""
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -354,6 +355,9 @@ def test_in_flight_gauge_follows_a_slow_request_and_forgets_killed_workers(tmp_p
         standin.stop()
         server.stop()
     assert "Traceback" not in server.output()
+    # No PROMETHEUS_MULTIPROC_DIR given: the master made one of its own, and removed it.
+    (made,) = re.findall(r"metrics: multiprocess files in (\S+)", server.output())
+    assert os.path.basename(made).startswith("mab-metrics-") and not os.path.exists(made)
 
 
 def test_the_access_log_has_a_json_line_per_request_with_its_id(tmp_path, data_csv):
