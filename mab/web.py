@@ -27,6 +27,7 @@ from mab.errors import (
 )
 from mab.http.wsgi import DEADLINE_KEY, RECEIVED_KEY
 from mab import metrics
+from mab import metrics as metrics_module   # create_app's `metrics` parameter shadows the name
 from mab.access_log import REQUEST_ID_KEY, request_id
 from mab import sampling
 from mab.sampling import sample_beta
@@ -269,23 +270,27 @@ class App(falcon.App):
             recorder.request(path, status, time.perf_counter() - started, environ, in_flight, queued)
 
 
-def create_app(config, *, stores=None, sampler=sample_beta, load="background"):
+def create_app(config, *, stores=None, sampler=sample_beta, load="background", metrics=True):
     """The WSGI application for one worker.
 
     ``stores`` replaces the stores the configuration describes (tests inject
     their own); ``sampler`` replaces the compiled Beta sampler (the
     benchmark's baseline, mab.baseline, injects numpy's). ``load`` is
     "background" (the app answers at once; /ready says when it can
-    predict), "now" (load before returning) or "no".
+    predict), "now" (load before returning) or "no". ``metrics``: record
+    and serve GET /metrics (mab.metrics); False records nothing (the
+    X-Request-ID header stays).
     """
     service = PredictionService(
         config, stores if stores is not None else create_stores(config), sampler=sampler
     )
-    recorder = metrics.Recorder(
-        service.stores,
-        build=dict(version=mab.__version__, openmp=sampling.build_info().get("openmp"),
-                   sampler_threads=service.sampler_threads),
-    )
+    recorder = None
+    if metrics:
+        recorder = metrics_module.Recorder(
+            service.stores,
+            build=dict(version=mab.__version__, openmp=sampling.build_info().get("openmp"),
+                       sampler_threads=service.sampler_threads),
+        )
     app = App(service, max_body_bytes=config.max_body_bytes, media_type=JSON, recorder=recorder)
     app.set_error_serializer(serialize_error)
     app.add_error_handler(MabError, handle_domain_error)
@@ -296,10 +301,11 @@ def create_app(config, *, stores=None, sampler=sample_beta, load="background"):
     app.add_route("/health", HealthResource())
     app.add_route("/ready", ReadinessResource(service))
     app.add_route("/openapi.json", OpenAPIResource(max_items=config.max_items))
-    app.add_route("/metrics", metrics.MetricsResource(recorder, served_by))
-    if recorder.multiprocess:
-        # Other workers answer scrapes too: they read this one's files.
-        recorder.start_flushing()
+    if recorder is not None:
+        app.add_route("/metrics", metrics_module.MetricsResource(recorder, served_by))
+        if recorder.multiprocess:
+            # Other workers answer scrapes too: they read this one's files.
+            recorder.start_flushing()
     if load == "background":
         service.load_in_background()
     elif load == "now":

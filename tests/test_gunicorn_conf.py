@@ -387,3 +387,15 @@ def test_the_access_log_has_a_json_line_per_request_with_its_id(tmp_path, data_c
     assert predict["method"] == "POST" and predict["path"] == "/predict" and predict["status"] == 200
     assert predict["model"] == "default" and predict["items"] == 7 and predict["duration_seconds"] > 0
     assert lines[generated]["path"] == "/health" and lines[generated]["status"] == 200
+
+
+def test_metrics_can_be_turned_off(tmp_path, data_csv):
+    server = Server(tmp_path, {"MAB_DATA": str(data_csv), "MAB_CACHE_DIR": str(tmp_path / "cache"),
+                               "WEB_CONCURRENCY": "1", "MAB_METRICS": "0"})
+    server.start()
+    try:
+        server.wait_ready()
+        server.predict({"item_ids": ["item-000001"]})
+        assert server.request("GET", "/metrics")[0] == 404
+    finally:
+        assert server.stop() == 0

@@ -187,3 +187,17 @@ def test_queue_time_is_read_from_the_worker_environ(client):
     assert value(scraped, "mab_http_queue_seconds_count") == 1
     assert value(scraped, "mab_http_queue_seconds_sum") >= 0.2
     assert value(scraped, "mab_http_queue_seconds_bucket", le="0.1") == 0
+
+
+def test_an_app_without_metrics_records_nothing_and_has_no_route(two_model_config):
+    from mab.web import create_app
+
+    app = create_app(two_model_config, load="now", metrics=False)
+    try:
+        client = testing.TestClient(app)
+        result = client.simulate_post("/predict", body=orjson.dumps({"item_ids": ["item-1"]}), headers=JSON_HEADERS)
+        assert result.status_code == 200 and len(result.headers["x-request-id"]) == 32
+        assert app.metrics is None
+        assert client.simulate_get("/metrics").status_code == 404
+    finally:
+        app.service.close()
