@@ -77,7 +77,8 @@ def multiprocess_dir():
 
 
 class _Histogram:
-    """Counts per bucket and a sum, in plain Python, to be flushed."""
+    """Counts per bucket and a sum, in plain Python, to be flushed
+    (Recorder.request adds to them: counts[bisect_left(bounds, value)])."""
 
     __slots__ = ("bounds", "counts", "total")
 
@@ -85,10 +86,6 @@ class _Histogram:
         self.bounds = bounds
         self.counts = [0] * (len(bounds) + 1)   # the last one is +Inf
         self.total = 0.0
-
-    def observe(self, value):
-        self.counts[_bisect(self.bounds, value)] += 1
-        self.total += value
 
 
 def _flush_histogram(child, pending):

@@ -26,12 +26,11 @@ from mab.errors import (
     UnknownModel,
 )
 from mab.http.wsgi import DEADLINE_KEY, RECEIVED_KEY
-from mab import metrics
-from mab import metrics as metrics_module   # create_app's `metrics` parameter shadows the name
-from mab.access_log import REQUEST_ID_KEY, request_id
-from mab import sampling
-from mab.sampling import sample_beta
 import mab
+from mab import metrics as mab_metrics      # create_app's `metrics` parameter would shadow "metrics"
+from mab import sampling
+from mab.access_log import REQUEST_ID_KEY, request_id
+from mab.sampling import sample_beta
 from mab._wire import IdSpans
 from mab.service import PredictionService, read_prediction_request
 from mab.stores import create_store
@@ -153,7 +152,7 @@ class PredictionResource:
     def on_post(self, req, resp):
         started = time.perf_counter()
         request = read_prediction_request(read_json_body(req, self.max_body_bytes), self.max_items)
-        req.env[metrics.MODEL_KEY] = request.model
+        req.env[mab_metrics.MODEL_KEY] = request.model
         parsed = time.perf_counter()
         # The client's deadline (x-envoy-expected-rq-timeout-ms), as the
         # worker read it from the request head: the feature fetch ends by
@@ -173,7 +172,7 @@ class PredictionResource:
             option=orjson.OPT_SERIALIZE_NUMPY,
         )
         fetch, sample, rank = prediction.stage_seconds
-        req.env[metrics.PREDICTION_KEY] = (
+        req.env[mab_metrics.PREDICTION_KEY] = (
             len(request.item_ids), prediction.missing, prediction.failed,
             (parsed - started, fetch, sample, rank, time.perf_counter() - encoding),
         )
@@ -286,7 +285,7 @@ def create_app(config, *, stores=None, sampler=sample_beta, load="background", m
     )
     recorder = None
     if metrics:
-        recorder = metrics_module.Recorder(
+        recorder = mab_metrics.Recorder(
             service.stores,
             build=dict(version=mab.__version__, openmp=sampling.build_info().get("openmp"),
                        sampler_threads=service.sampler_threads),
@@ -302,7 +301,7 @@ def create_app(config, *, stores=None, sampler=sample_beta, load="background", m
     app.add_route("/ready", ReadinessResource(service))
     app.add_route("/openapi.json", OpenAPIResource(max_items=config.max_items))
     if recorder is not None:
-        app.add_route("/metrics", metrics_module.MetricsResource(recorder, served_by))
+        app.add_route("/metrics", mab_metrics.MetricsResource(recorder, served_by))
         if recorder.multiprocess:
             # Other workers answer scrapes too: they read this one's files.
             recorder.start_flushing()
