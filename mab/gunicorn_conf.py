@@ -16,8 +16,11 @@ settings below are read afresh then; do not import this module for its
 values, which are computed when it runs.
 """
 
+import glob
 import os
+import shutil
 import sys
+import tempfile
 
 # -- Server socket -------------------------------------------------------------
 #
@@ -99,6 +102,9 @@ preload_app = False
 loglevel = os.environ.get("MAB_LOG_LEVEL", "info")
 errorlog = "/dev/stdout"
 accesslog = "/dev/stdout" if os.environ.get("MAB_ACCESS_LOG", "0") == "1" else None
+# One JSON object a line (mab.access_log): request id, method, path, status,
+# duration, model, items.
+logger_class = "mab.access_log.JsonAccessLogger"
 
 proc_name = "mab"
 
@@ -126,11 +132,59 @@ def on_starting(server):
     from mab.preflight import check_embedded_stores
 
     _route_app_logs(server.log)
+    _prepare_metrics_dir(server)
     try:
         for name, path in check_embedded_stores(load_config()).items():
             server.log.info("store %r: checked, compiled into %s", name, path)
     except MabError as exc:
         sys.exit(f"mab: {exc.message}")
+
+
+# -- Metrics (mab.metrics) --------------------------------------------------------
+#
+# prometheus-client's multiprocess mode: every process writes its values to
+# files in PROMETHEUS_MULTIPROC_DIR and a scrape sums them all. The master
+# sets it before any worker forks (and before it imports prometheus_client,
+# which reads it then). A directory given is emptied: files left by an
+# earlier server would be summed in. Without one, a directory of this
+# server's own, removed when the master exits.
+
+_METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def _prepare_metrics_dir(server):
+    path = os.environ.get(_METRICS_ENV)
+    if path:
+        os.makedirs(path, exist_ok=True)
+        for stale in glob.glob(os.path.join(path, "*.db")):
+            os.remove(stale)
+    else:
+        path = tempfile.mkdtemp(prefix="mab-metrics-")
+        os.environ[_METRICS_ENV] = path
+        server.mab_metrics_tmp = path
+    server.log.info("metrics: multiprocess files in %s", path)
+
+
+def child_exit(server, worker):
+    """In the master, once a worker has exited: drop its live gauges (the
+    in-flight count it last wrote must not be summed any more) and count
+    the exit as mab_worker_restarts_total."""
+    from prometheus_client import multiprocess
+
+    from mab.metrics import worker_restarts_counter
+
+    if os.environ.get(_METRICS_ENV):
+        multiprocess.mark_process_dead(worker.pid)
+        if not hasattr(server, "mab_worker_restarts"):
+            server.mab_worker_restarts = worker_restarts_counter()
+        server.mab_worker_restarts.inc()
+
+
+def on_exit(server):
+    """The master stops: remove the metrics directory it made for itself."""
+    path = getattr(server, "mab_metrics_tmp", None)
+    if path:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def on_reload(server):

@@ -48,6 +48,8 @@ class Prediction:
     seed: int
     missing: int
     failed: int
+    # Seconds spent fetching the features, sampling and ranking (metrics).
+    stage_seconds: tuple = (0.0, 0.0, 0.0)
 
     @property
     def degraded(self):
@@ -341,10 +343,14 @@ class PredictionService:
             raise UnknownModel(
                 f"no model named {request.model!r} (models: {', '.join(sorted(self.models))})"
             )
+        started = time.perf_counter()
         params = model.parameters(request.item_ids, request.user_id, deadline)
+        fetched = time.perf_counter()
         seed = sampling.fresh_seed() if request.seed is None else request.seed
         scores = self.sampler(params.alpha, params.beta, seed=seed, out=params.alpha, n_threads=self.sampler_threads)
+        sampled = time.perf_counter()
         order = rank(scores, request.top_k, seed)
+        ranked = time.perf_counter()
         return Prediction(
             model=request.model,
             request_ids=request.item_ids,
@@ -353,4 +359,5 @@ class PredictionService:
             seed=seed,
             missing=params.missing,
             failed=params.failed,
+            stage_seconds=(fetched - started, sampled - fetched, ranked - sampled),
         )

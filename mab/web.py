@@ -12,6 +12,7 @@ import importlib.resources
 import logging
 import os
 import socket
+import time
 
 import falcon
 import orjson
@@ -24,7 +25,11 @@ from mab.errors import (
     Unavailable,
     UnknownModel,
 )
-from mab.http.wsgi import DEADLINE_KEY
+from mab.http.wsgi import DEADLINE_KEY, RECEIVED_KEY
+import mab
+from mab import metrics as mab_metrics      # create_app's `metrics` parameter would shadow "metrics"
+from mab import sampling
+from mab.access_log import REQUEST_ID_KEY, request_id
 from mab.sampling import sample_beta
 from mab._wire import IdSpans
 from mab.service import PredictionService, read_prediction_request
@@ -145,11 +150,15 @@ class PredictionResource:
         self.max_body_bytes = max_body_bytes
 
     def on_post(self, req, resp):
+        started = time.perf_counter()
         request = read_prediction_request(read_json_body(req, self.max_body_bytes), self.max_items)
+        req.env[mab_metrics.MODEL_KEY] = request.model
+        parsed = time.perf_counter()
         # The client's deadline (x-envoy-expected-rq-timeout-ms), as the
         # worker read it from the request head: the feature fetch ends by
         # then, so no answer is computed for a client that has given up.
         prediction = self.service.predict(request, req.env.get(DEADLINE_KEY))
+        encoding = time.perf_counter()
         resp.data = orjson.dumps(
             {
                 "model": prediction.model,
@@ -161,6 +170,11 @@ class PredictionResource:
                 "degraded_items": prediction.failed,
             },
             option=orjson.OPT_SERIALIZE_NUMPY,
+        )
+        fetch, sample, rank = prediction.stage_seconds
+        req.env[mab_metrics.PREDICTION_KEY] = (
+            len(request.item_ids), prediction.missing, prediction.failed,
+            (parsed - started, fetch, sample, rank, time.perf_counter() - encoding),
         )
         resp.content_type = JSON
         resp.set_header("X-Served-By", served_by())
@@ -219,26 +233,64 @@ class App(falcon.App):
     """A Falcon app that also holds its prediction service, for the server's
     hooks (closing stores on worker exit) and for tests."""
 
-    def __init__(self, service, *, max_body_bytes, **kwargs):
+    def __init__(self, service, *, max_body_bytes, recorder=None, **kwargs):
         super().__init__(**kwargs)
         self.service = service
         # Read by mab.worker, which refuses larger bodies before reading them.
         self.max_body_bytes = max_body_bytes
+        self.metrics = recorder
+
+    def __call__(self, environ, start_response):
+        """Falcon's app, with the request's X-Request-ID (mab.access_log) on
+        its response, and each request counted and timed (mab.metrics): a
+        few additions to plain numbers, no middleware."""
+        rid = environ[REQUEST_ID_KEY] = request_id(environ)
+        recorder = self.metrics
+        status = "500"
+
+        def start_response_with_id(status_line, headers, exc_info=None):
+            nonlocal status
+            status = status_line[:3]
+            headers.append(("X-Request-ID", rid))
+            return start_response(status_line, headers, exc_info)
+
+        if recorder is None:
+            return super().__call__(environ, start_response_with_id)
+        path = environ.get("PATH_INFO", "")
+        in_flight = path != "/metrics"
+        if in_flight:
+            recorder.started()
+        received = environ.get(RECEIVED_KEY)     # set by mab's worker only
+        queued = None if received is None else max(0.0, time.monotonic() - received)
+        started = time.perf_counter()
+        try:
+            return super().__call__(environ, start_response_with_id)
+        finally:
+            recorder.request(path, status, time.perf_counter() - started, environ, in_flight, queued)
 
 
-def create_app(config, *, stores=None, sampler=sample_beta, load="background"):
+def create_app(config, *, stores=None, sampler=sample_beta, load="background", metrics=True):
     """The WSGI application for one worker.
 
     ``stores`` replaces the stores the configuration describes (tests inject
     their own); ``sampler`` replaces the compiled Beta sampler (the
     benchmark's baseline, mab.baseline, injects numpy's). ``load`` is
     "background" (the app answers at once; /ready says when it can
-    predict), "now" (load before returning) or "no".
+    predict), "now" (load before returning) or "no". ``metrics``: record
+    and serve GET /metrics (mab.metrics); False records nothing (the
+    X-Request-ID header stays).
     """
     service = PredictionService(
         config, stores if stores is not None else create_stores(config), sampler=sampler
     )
-    app = App(service, max_body_bytes=config.max_body_bytes, media_type=JSON)
+    recorder = None
+    if metrics:
+        recorder = mab_metrics.Recorder(
+            service.stores,
+            build=dict(version=mab.__version__, openmp=sampling.build_info().get("openmp"),
+                       sampler_threads=service.sampler_threads),
+        )
+    app = App(service, max_body_bytes=config.max_body_bytes, media_type=JSON, recorder=recorder)
     app.set_error_serializer(serialize_error)
     app.add_error_handler(MabError, handle_domain_error)
     app.add_route(
@@ -248,6 +300,11 @@ def create_app(config, *, stores=None, sampler=sample_beta, load="background"):
     app.add_route("/health", HealthResource())
     app.add_route("/ready", ReadinessResource(service))
     app.add_route("/openapi.json", OpenAPIResource(max_items=config.max_items))
+    if recorder is not None:
+        app.add_route("/metrics", mab_metrics.MetricsResource(recorder, served_by))
+        if recorder.multiprocess:
+            # Other workers answer scrapes too: they read this one's files.
+            recorder.start_flushing()
     if load == "background":
         service.load_in_background()
     elif load == "now":

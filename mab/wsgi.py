@@ -3,9 +3,14 @@ mab/gunicorn_conf.py mab.wsgi:app`` (in a checkout, ``app.py`` re-exports it).
 
 gunicorn imports this module in each worker, after the fork, so the store
 maps, random streams and any clients belong to the worker that uses them.
+
+``MAB_METRICS=0`` serves without metrics (no /metrics, nothing recorded),
+to measure what they cost side by side.
 """
+
+import os
 
 from mab.config import load_config
 from mab.web import create_app
 
-app = create_app(load_config())
+app = create_app(load_config(), metrics=os.environ.get("MAB_METRICS", "1") != "0")

@@ -1,6 +1,7 @@
 """End to end: gunicorn with gunicorn.conf.py and app.py, over real HTTP."""
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -86,6 +87,7 @@ def test_logs_go_to_stdout_without_access_lines(server):
     output = server.output()
     assert "store 'default' ready" in output, "the app's records reach gunicorn's log"
     assert "POST /predict" not in output, "no access log unless MAB_ACCESS_LOG=1"
+    assert '"request_id"' not in output, "no JSON access log unless MAB_ACCESS_LOG=1"
 
 
 def test_stops_cleanly_by_pid(server):
@@ -221,3 +223,179 @@ def test_bad_configuration_stops_the_start(tmp_path):
     server.log.close()
     assert "MAB_MAX_ITEMS must be an integer" in server.output()
     assert "Traceback" not in server.output()
+
+
+# -- GET /metrics across workers (mab.metrics, prometheus-client's multiprocess mode) --
+
+
+def scrape(server):
+    """(the worker that answered, {(name, sorted labels): value})."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, headers, body = server.request("GET", "/metrics")
+    assert status == 200, body
+    values = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(body.decode())
+        for sample in family.samples
+    }
+    return headers["X-Served-By"], values
+
+
+def predictions_counted(values):
+    return values.get(("mab_http_requests_total", (("model", "default"), ("route", "/predict"), ("status", "200"))), 0)
+
+
+def in_flight(values):
+    return values[("mab_http_requests_in_flight", ())]
+
+
+def wait_for_scrape(server, condition, timeout=30):
+    """The first scrape whose values meet `condition`, within `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        worker, values = scrape(server)
+        if condition(values):
+            return worker, values
+        assert time.monotonic() < deadline, f"no scrape met the condition in {timeout}s: {values}"
+        time.sleep(0.2)
+
+
+def test_every_scrape_sees_the_requests_of_both_workers(tmp_path, data_csv):
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    (metrics_dir / "counter_999999.db").write_bytes(b"left by an earlier server")
+    server = Server(tmp_path, {"MAB_DATA": str(data_csv), "MAB_CACHE_DIR": str(tmp_path / "cache"),
+                               "WEB_CONCURRENCY": "2", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)})
+    server.start()
+    try:
+        server.wait_ready()
+        assert len(server.wait_for_workers(2)) == 2
+        assert not (metrics_dir / "counter_999999.db").exists(), "the master empties the directory it is given"
+        ids = [f"item-{i:06d}" for i in range(0, 400)]
+        answered_by, n = set(), 0
+        deadline = time.monotonic() + 60
+        while (len(answered_by) < 2 or n < 30) and time.monotonic() < deadline:
+            worker, _ = server.predict({"item_ids": ids})
+            answered_by.add(worker)
+            n += 1
+        assert len(answered_by) == 2, "both workers answered predictions"
+
+        # Each worker flushes within a second; then every scrape, whichever
+        # worker answers it, counts all n.
+        wait_for_scrape(server, lambda values: predictions_counted(values) == n)
+        scraped_by = set()
+        deadline = time.monotonic() + 60
+        while len(scraped_by) < 2 and time.monotonic() < deadline:
+            worker, values = scrape(server)
+            scraped_by.add(worker)
+            assert predictions_counted(values) == n
+            assert values[("mab_predict_items_sum", ())] == 400 * n
+            assert values[("mab_data_rows", (("store", "default"),))] == N_ITEMS
+        assert scraped_by == answered_by, "both workers answered scrapes"
+    finally:
+        returncode = server.stop()
+    assert returncode == 0, server.output()
+    assert "Traceback" not in server.output()
+
+
+def test_in_flight_gauge_follows_a_slow_request_and_forgets_killed_workers(tmp_path):
+    """A Vertex stand-in that answers after 3 s holds a request in flight."""
+    import threading
+
+    from mab.testing.vertex_standin import toml_table
+    from tests.vertex import StandInProcess
+
+    data = tmp_path / "items.csv"
+    data.write_text("item_id,successes,failures\n" + "".join(f"item-{i},{i},{i + 1}\n" for i in range(50)))
+    standin = StandInProcess(tmp_path, data, "--latency-ms", "3000").start()
+    config = tmp_path / "mab.toml"
+    config.write_text(toml_table("stores.default", dict(standin.settings, deadline_ms=20000, attempt_timeout_ms=20000)))
+    server = Server(tmp_path, {"MAB_CONFIG": str(config), "MAB_CACHE_DIR": str(tmp_path / "cache"), "WEB_CONCURRENCY": "2"})
+    answers = []
+
+    def slow_request():
+        try:
+            answers.append(server.request("POST", "/predict", orjson.dumps({"item_ids": ["item-1", "item-2"]}),
+                                          {"Content-Type": "application/json"})[0])
+        except OSError as exc:
+            answers.append(exc)
+
+    try:
+        server.start()
+        server.wait_ready()
+        workers = server.wait_for_workers(2)
+        assert len(workers) == 2
+        assert in_flight(wait_for_scrape(server, lambda values: ("mab_http_requests_in_flight", ()) in values)[1]) == 0
+
+        request = threading.Thread(target=slow_request)
+        request.start()
+        wait_for_scrape(server, lambda values: in_flight(values) == 1, timeout=20)
+        request.join(30)
+        assert answers == [200]
+        wait_for_scrape(server, lambda values: in_flight(values) == 0)
+
+        # A request in flight, then both workers killed: neither may stay counted.
+        request = threading.Thread(target=slow_request)
+        request.start()
+        wait_for_scrape(server, lambda values: in_flight(values) == 1, timeout=20)
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        request.join(30)
+        deadline = time.monotonic() + 30
+        while not (server.worker_pids() and server.worker_pids().isdisjoint(workers)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        server.wait_ready()
+        _, values = wait_for_scrape(server, lambda values: values.get(("mab_worker_restarts_total", ()), 0) >= 2)
+        assert in_flight(values) == 0
+        # And it stays 0 while the new workers flush (a dead worker's file would be summed in again).
+        time.sleep(1.5)
+        assert in_flight(scrape(server)[1]) == 0
+    finally:
+        standin.stop()
+        server.stop()
+    assert "Traceback" not in server.output()
+    # No PROMETHEUS_MULTIPROC_DIR given: the master made one of its own, and removed it.
+    (made,) = re.findall(r"metrics: multiprocess files in (\S+)", server.output())
+    assert os.path.basename(made).startswith("mab-metrics-") and not os.path.exists(made)
+
+
+def test_the_access_log_has_a_json_line_per_request_with_its_id(tmp_path, data_csv):
+    server = Server(tmp_path, {"MAB_DATA": str(data_csv), "MAB_CACHE_DIR": str(tmp_path / "cache"),
+                               "WEB_CONCURRENCY": "1", "MAB_ACCESS_LOG": "1"})
+    server.start()
+    try:
+        server.wait_ready()
+        ids = [f"item-{i:06d}" for i in range(7)]
+        status, headers, _ = server.request("POST", "/predict", orjson.dumps({"item_ids": ids}),
+                                            {"Content-Type": "application/json", "X-Request-ID": "trace-42"})
+        assert status == 200 and headers["X-Request-ID"] == "trace-42"
+        status, headers, _ = server.request("GET", "/health")
+        generated = headers["X-Request-ID"]
+        assert len(generated) == 32
+        deadline = time.monotonic() + 10
+        while generated not in server.output() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        assert server.stop() == 0
+    lines = {}
+    for line in server.output().splitlines():
+        if line.startswith("{"):
+            record = orjson.loads(line)
+            lines[record["request_id"]] = record
+    predict = lines["trace-42"]
+    assert predict["method"] == "POST" and predict["path"] == "/predict" and predict["status"] == 200
+    assert predict["model"] == "default" and predict["items"] == 7 and predict["duration_seconds"] > 0
+    assert lines[generated]["path"] == "/health" and lines[generated]["status"] == 200
+
+
+def test_metrics_can_be_turned_off(tmp_path, data_csv):
+    server = Server(tmp_path, {"MAB_DATA": str(data_csv), "MAB_CACHE_DIR": str(tmp_path / "cache"),
+                               "WEB_CONCURRENCY": "1", "MAB_METRICS": "0"})
+    server.start()
+    try:
+        server.wait_ready()
+        server.predict({"item_ids": ["item-000001"]})
+        assert server.request("GET", "/metrics")[0] == 404
+    finally:
+        assert server.stop() == 0

@@ -98,7 +98,8 @@ class Admission:
         self.max_queue = max_queue
         self.interval = interval
         self.last_empty = now
-        self.shed = 0
+        self.shed = 0           # since the worker's last log line about it
+        self.shed_total = 0     # since the start (mab_http_requests_shed_total)
         message = f"the server is overloaded: retry in {RETRY_AFTER_SECONDS}s"
         extra = b"Retry-After: %d\r\n" % RETRY_AFTER_SECONDS
         # (keep the connection, HTTP/1.0): a prepared response each. A 5xx
@@ -133,10 +134,12 @@ class Admission:
         worker keeps up."""
         if request.deadline is not None and now >= request.deadline:
             self.shed += 1
+            self.shed_total += 1
             return False
         if not self.max_queue or now - request.received <= self.max_queue or now - self.last_empty <= self.interval:
             return True
         self.shed += 1
+        self.shed_total += 1
         return False
 
     def refusal(self, request, keep_alive):

@@ -129,6 +129,10 @@ class HttptoolsWorker(base.Worker):
         super().load_wsgi()
         # The body limit follows the application's, so both refuse alike.
         self.limits = Limits.from_gunicorn(self.cfg, getattr(self.wsgi, "max_body_bytes", None))
+        # The app's metrics (mab.metrics) export the requests turned away here.
+        recorder = getattr(self.wsgi, "metrics", None)
+        if recorder is not None:
+            recorder.watch_shed(lambda: self.admission.shed_total)
         # gunicorn >= 24 knows whether any access log is configured; older ones log always.
         self.access_logging = getattr(self.log, "access_log_enabled", True)
         # Read once: every cfg attribute is a lookup through gunicorn's Config.

@@ -159,6 +159,8 @@ def prepare(source, cache_dir):
                 np.save(os.path.join(building, f"{name}.npy"), arrays[name])
             meta = {
                 "source": os.path.abspath(source),
+                # The snapshot's age (mab_data_age_seconds) counts from here.
+                "source_mtime": stat.st_mtime,
                 "columns": columns,
                 "rows": int(arrays["records"].shape[0] - 1),
                 "build_seconds": round(time.perf_counter() - start, 3),
@@ -299,6 +301,7 @@ class Store:
             "backend": self.backend,
             "source": meta["source"],
             "items": meta["rows"],
+            "source_mtime": meta.get("source_mtime"),
             "features": meta["columns"][1:],
             "load_seconds": round(time.perf_counter() - start, 3),
             "compiled_here": built,

@@ -255,7 +255,9 @@ def test_access_log_when_asked(tmp_path, data_csv):
         server.predict({"item_ids": ["item-000001"]})
     finally:
         server.stop()
-    assert '"POST /predict HTTP/1.1" 200' in server.output()
+    # One JSON object a line (mab.access_log.JsonAccessLogger).
+    records = [orjson.loads(line) for line in server.output().splitlines() if line.startswith('{"time"')]
+    assert ("POST", "/predict", 200) in [(r["method"], r["path"], r["status"]) for r in records]
 
 
 def test_threads_serve_concurrent_connections(tmp_path, data_csv):
