@@ -238,6 +238,7 @@ def make_system(spec, args):
         "mab": lambda: make_mab("mab", args),
         "mab-sync": lambda: make_mab("mab-sync", args, "sync"),
         "mab-gthread": lambda: make_mab("mab-gthread", args, "gthread", {"MAB_WORKER_THREADS": "4"}),
+        "mab-nometrics": lambda: make_mab("mab-nometrics", args, extra_env={"MAB_METRICS": "0"}),
         "mab-baseline": lambda: make_mab("mab-baseline", args, app="mab.baseline:create_baseline_app()"),
         "mab-vertex-legacy": lambda: make_vertex("mab-vertex-legacy", args, "vertex-legacy", cache=False),
         "mab-vertex-legacy-cache": lambda: make_vertex("mab-vertex-legacy-cache", args, "vertex-legacy", cache=True),

@@ -30,6 +30,7 @@ Systems (--systems, comma-separated):
                  instead of the compiled sampler and index (mab.baseline)
     mab-sync     mab with gunicorn's sync worker
     mab-gthread  mab with gunicorn's gthread worker (4 threads)
+    mab-nometrics  mab with its metrics off (MAB_METRICS=0), to measure what they cost
     mab-vertex-legacy, mab-vertex, mab-vertex-fetch
                  mab on the Vertex AI backends, served by the local stand-in
                  (mab standin, pinned to the load cores, with
