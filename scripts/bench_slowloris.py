@@ -29,23 +29,10 @@ import sys
 import tempfile
 import time
 
-from mab.testing.processes import Gunicorn, session_pids
+from mab.testing.processes import Gunicorn, cpu_seconds, session_pids
 from mab.testing.slowloris import Slowloris, raise_open_file_limit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pids):
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-        except OSError:
-            pass
-    return total / CLK_TCK
 
 
 def make_request(ids, n_ids, seed):

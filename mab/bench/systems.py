@@ -7,7 +7,6 @@ started can be stopped, also on Ctrl-C.
 """
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,22 +14,8 @@ import urllib.error
 import urllib.request
 
 from mab.cli.serve import gunicorn_command
-from mab.testing.processes import free_port, session_pids, terminate
+from mab.testing.processes import CLK_TCK, cpu_ticks, free_port, kill_session, session_pids, terminate  # noqa: F401
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_ticks(pid, include_children=False):
-    """utime + stime of one process (and of its reaped children), in ticks."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0
-    ticks = int(fields[11]) + int(fields[12])           # utime, stime
-    if include_children:
-        ticks += int(fields[13]) + int(fields[14])      # cutime, cstime
-    return ticks
 
 
 class Server:
@@ -81,12 +66,7 @@ class Server:
         if self.process is None or self.process.poll() is not None:
             return
         terminate(self.process)
-        # Anything of the session still alive (an orphaned worker) goes too.
-        for pid in session_pids(self.process.pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_session(self.process.pid)   # an orphaned worker goes too
         if self.log:
             self.log.close()
 

@@ -44,6 +44,36 @@ def session_pids(sid):
     return pids
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ticks(pid, include_children=False):
+    """utime + stime of one process (and of its reaped children), in ticks; 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    ticks = int(fields[11]) + int(fields[12])           # utime, stime
+    if include_children:
+        ticks += int(fields[13]) + int(fields[14])      # cutime, cstime
+    return ticks
+
+
+def cpu_seconds(pids):
+    """CPU time (s) the processes `pids` have used so far, together."""
+    return sum(cpu_ticks(pid) for pid in pids) / CLK_TCK
+
+
+def kill_session(sid):
+    """SIGKILL whatever is still alive in session `sid` (an orphaned worker)."""
+    for pid in session_pids(sid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 class Gunicorn:
     """The service under gunicorn with the repository's gunicorn.conf.py, in
     its own session, pinned to `cores` (a taskset list such as "0") when
@@ -96,10 +126,6 @@ class Gunicorn:
         if self.process is None:
             return
         terminate(self.process)
-        for pid in session_pids(self.process.pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_session(self.process.pid)
         if self._log:
             self._log.close()
