@@ -266,3 +266,42 @@ def test_fast_and_general_parsers_give_the_same_answer(client):
     fast = predict(client, body=b'{"item_ids": ["item-1", "item-2", "new"], "seed": 5, "top_k": 2}').json
     general = predict(client, body=b'{"item_ids": ["item\\u002d1", "item-2", "new"], "seed": 5, "top_k": 2}').json
     assert fast == general
+
+
+# -- answers_without_waiting (for mab's worker) -------------------------------------
+
+
+def test_routes_in_memory_answer_without_waiting(app):
+    for path in ("/health", "/ready", "/openapi.json", "/metrics"):
+        assert app.answers_without_waiting("GET", path, b"")
+    # A prediction on an in-memory store never waits, but the worker only
+    # asks with a thread pool, i.e. with a remote store: then it is decided
+    # by that store's cache (tests/stores/test_vertex_cache.py).
+    assert not app.answers_without_waiting("POST", "/predict", b'{"item_ids": ["item-1"]}')
+    assert not app.answers_without_waiting("POST", "/elsewhere", b""), "an unknown route may wait"
+
+
+def test_a_prediction_waits_unless_a_cache_serves_every_id(tmp_path):
+    from mab.testing.vertex_standin import VertexStandIn
+    from tests.conftest import ITEMS_CSV
+    from tests.vertex import vertex_config
+
+    path = tmp_path / "items.csv"
+    path.write_text(ITEMS_CSV)
+    standin = VertexStandIn.from_csv(path).start()
+    try:
+        config = vertex_config(standin, "vertex", {"cache_ttl_seconds": 600, "deadline_ms": 5000})
+        app = create_app(config, load="now", metrics=False)
+        try:
+            body = orjson.dumps({"item_ids": ["item-1", "item-2", "new"]})
+            assert not app.answers_without_waiting("POST", "/predict", body)
+            assert predict(testing.TestClient(app), body=body).status_code == 200
+            assert app.answers_without_waiting("POST", "/predict", body), "every id cached, the new one as missing"
+            assert not app.answers_without_waiting("POST", "/predict", orjson.dumps({"item_ids": ["item-3"]}))
+            # Answered with an error at once: nothing to wait for.
+            assert app.answers_without_waiting("POST", "/predict", b"{not json")
+            assert app.answers_without_waiting("POST", "/predict", orjson.dumps({"item_ids": ["x"], "model": "nope"}))
+        finally:
+            app.service.close()
+    finally:
+        standin.stop()

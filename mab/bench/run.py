@@ -32,6 +32,8 @@ def run(args):
     if not args.data:
         args.data = os.path.join(args.work_dir, f"items-{args.items}.csv")
         write_items(args.data, args.items, seed=42)
+    # The servers and the stand-in run in the work directory.
+    args.data = os.path.abspath(args.data)
     bodies_path = os.path.join(args.work_dir, "bodies.jsonl")
     write_bodies(bodies_path, read_ids(args.data), args.ids, count=args.bodies, seed=20261122, zipf=args.zipf)
     script_path = os.path.join(args.work_dir, "bench.lua")

@@ -211,9 +211,27 @@ def make_go(name, args, sampler):
 
 
 def make_system(spec, args):
-    """The system named ``spec`` (see ``mab bench --help``), not yet started."""
+    """The system named ``spec`` (see ``mab bench --help``), not yet started.
+
+    ``SYSTEM@VAR=VALUE+VAR=VALUE`` is SYSTEM with those environment
+    variables set for its server (say ``mab-vertex@MAB_WORKER_THREADS=4``),
+    so that settings can be compared side by side in one run."""
     if spec.startswith("url="):
         return External(spec, spec[4:])
+    base, _, overrides = spec.partition("@")
+    if overrides:
+        env = {}
+        for pair in overrides.split("+"):
+            var, sep, value = pair.partition("=")
+            if not sep or not var:
+                raise SystemExit(f"system {spec!r}: write overrides as SYSTEM@VAR=VALUE+VAR=VALUE")
+            env[var] = value
+        system = make_system(base, args)
+        if not hasattr(system, "env"):
+            raise SystemExit(f"system {spec!r}: {base!r} takes no environment")
+        system.env.update(env)
+        system.name = spec
+        return system
     factories = {
         "mab": lambda: make_mab("mab", args),
         "mab-sync": lambda: make_mab("mab-sync", args, "sync"),

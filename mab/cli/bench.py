@@ -45,6 +45,9 @@ Systems (--systems, comma-separated):
     go           the Go peer (--go-peer) with its pure-Go sampler (the stronger peer)
     go-cgo       the Go peer with its C++ sampler called through cgo
     url=URL      an already running server (no CPU figures)
+    SYSTEM@VAR=VALUE+VAR=VALUE
+                 SYSTEM with these environment variables set for its server,
+                 e.g. mab-vertex@MAB_WORKER_THREADS=4 beside mab-vertex
 
 Ids are drawn uniformly (each request's ids distinct) or, with --zipf S,
 from a Zipf law of exponent S over the items (so most ids repeat across

@@ -57,6 +57,27 @@ SERVED = 1
 SERVED_MISSING = 2
 
 
+cdef Py_ssize_t _count_ids(object ids) except -1:
+    """How many ids a list of str or an IdSpans holds (TypeError for anything else)."""
+    if type(ids) is IdSpans:
+        return (<IdSpans>ids).n
+    if type(ids) is list:
+        return PyList_GET_SIZE(<list>ids)
+    raise TypeError(f"ids must be a list or IdSpans, not {type(ids).__name__}")
+
+
+cdef inline const char *_id_text(IdSpans spans, list id_list, Py_ssize_t i, Py_ssize_t *length) except NULL:
+    """The UTF-8 bytes of the i-th id of an IdSpans or of a list of str."""
+    cdef object item
+    if spans is not None:
+        length[0] = spans.lengths[i]
+        return spans.data + spans.starts[i]
+    item = <object>PyList_GET_ITEM(id_list, i)
+    if not PyUnicode_Check(item):
+        raise TypeError(f"item {i} is {type(item).__name__}, not str")
+    return PyUnicode_AsUTF8AndSize(item, length)
+
+
 cdef class EntityCache:
     """Values of ``n_features`` features per entity id, for at most
     ``max_entries`` ids; times in seconds (any monotonic clock)."""
@@ -205,17 +226,9 @@ cdef class EntityCache:
         caller must ``put`` or ``release`` each of them. Raises
         ``TypeError`` for an element that is not a str.
         """
-        cdef IdSpans spans = None
-        cdef list id_list = None
-        cdef Py_ssize_t n
-        if type(ids) is IdSpans:
-            spans = <IdSpans>ids
-            n = spans.n
-        elif type(ids) is list:
-            id_list = <list>ids
-            n = PyList_GET_SIZE(id_list)
-        else:
-            raise TypeError(f"ids must be a list or IdSpans, not {type(ids).__name__}")
+        cdef Py_ssize_t n = _count_ids(ids)
+        cdef IdSpans spans = ids if type(ids) is IdSpans else None
+        cdef list id_list = ids if type(ids) is list else None
         cdef Py_ssize_t k = self.n_features
         cdef cnp.ndarray out_arr = np.zeros((k, n), dtype=np.float64)
         cdef cnp.ndarray status_arr = np.zeros(n, dtype=np.uint8)
@@ -225,18 +238,10 @@ cdef class EntityCache:
         cdef Py_ssize_t i, f, entry, length, key_length, position
         cdef const char *text
         cdef const uint8_t *key
-        cdef object item
         cdef double age, ttl, refresh_after
         cdef uint8_t flags
         for i in range(n):
-            if spans is not None:
-                text = spans.data + spans.starts[i]
-                length = spans.lengths[i]
-            else:
-                item = <object>PyList_GET_ITEM(id_list, i)
-                if not PyUnicode_Check(item):
-                    raise TypeError(f"item {i} is {type(item).__name__}, not str")
-                text = PyUnicode_AsUTF8AndSize(item, &length)
+            text = _id_text(spans, id_list, i, &length)
             key = self._key(text, length, prefix, suffix, &key_length)
             entry = self._probe(key, key_length, hash_bytes(key, key_length), &position)
             if entry < 0:
@@ -267,6 +272,29 @@ cdef class EntityCache:
                 self.flags[entry] |= REFRESHING
                 refresh.append(i)
         return out_arr, status_arr, refresh
+
+    def serves_all(self, ids, bytes prefix, bytes suffix, double now):
+        """Whether ``lookup`` would serve every one of these ids (none absent
+        or expired) at ``now``; counts nothing and changes nothing, so a
+        caller may ask before deciding how to run a request. ``ids`` as for
+        ``lookup``; raises ``TypeError`` for an element that is not a str."""
+        cdef Py_ssize_t n = _count_ids(ids)
+        cdef IdSpans spans = ids if type(ids) is IdSpans else None
+        cdef list id_list = ids if type(ids) is list else None
+        cdef Py_ssize_t i, entry, length, key_length, position
+        cdef const char *text
+        cdef const uint8_t *key
+        cdef double ttl
+        for i in range(n):
+            text = _id_text(spans, id_list, i, &length)
+            key = self._key(text, length, prefix, suffix, &key_length)
+            entry = self._probe(key, key_length, hash_bytes(key, key_length), &position)
+            if entry < 0:
+                return False
+            ttl = self.missing_ttl if self.flags[entry] & IS_MISSING else self.ttl
+            if now - self.fetched[entry] >= ttl:
+                return False
+        return True
 
     def put(self, str entity_id, values, double fetched_at):
         """Store an entity's fetched values (a sequence of ``n_features``

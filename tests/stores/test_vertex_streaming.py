@@ -179,3 +179,66 @@ def test_closing_the_store_ends_its_stream(standin, stores):
     stream = store._stream
     store.close()
     assert stream.error is not None and not stream._reader.is_alive()
+
+
+def _struct_entry(key, **values):
+    """A raw FetchFeatureValuesResponse in PROTO_STRUCT format; a value of
+    None is a null, a str a string, a bool a bool, a number a number."""
+    from google.cloud.aiplatform_v1beta1.types import feature_online_store_service as types
+
+    entry = types.FetchFeatureValuesResponse.pb()()
+    entry.data_key.key = key
+    entry.proto_struct.SetInParent()
+    fields = entry.proto_struct.fields
+    for name, value in values.items():
+        if value is None:
+            fields[name].null_value = 0
+        elif isinstance(value, bool):
+            fields[name].bool_value = value
+        elif isinstance(value, str):
+            fields[name].string_value = value
+        else:
+            fields[name].number_value = value
+    return entry
+
+
+@pytest.mark.parametrize(
+    "values, outcome",
+    [
+        ({"successes": 3, "failures": 4}, (3.0, 4.0)),
+        ({"failures": 4, "successes": 3, "other": "x"}, (3.0, 4.0)),     # by name, whatever the order and extras
+        ({"successes": 0, "failures": 0.5}, (0.0, 0.5)),                 # an explicit zero is a count
+        ({"successes": 1e300, "failures": 2}, (1e300, 2.0)),
+        ({}, "missing"),                                                  # no values at all: the entity is missing
+        ({"successes": None, "failures": None}, "missing"),
+        ({"successes": 3, "failures": None}, "failed"),                  # some values: not a silent zero
+        ({"successes": 3}, "failed"),
+        ({"successes": -1, "failures": 2}, "failed"),
+        ({"successes": float("nan"), "failures": 2}, "failed"),
+        ({"successes": float("inf"), "failures": 2}, "failed"),
+        ({"successes": "3", "failures": 2}, "failed"),                   # another kind, even one that reads as 0.0
+        ({"successes": True, "failures": 2}, "failed"),
+        ({"successes": False, "failures": 2}, "failed"),
+    ],
+)
+def test_struct_answers_decode_by_name_and_refuse_what_is_not_a_count(standin, stores, values, outcome):
+    from mab.stores._vertex import FAILED, MISSING
+
+    store = stores(standin, "vertex", **RELAXED)
+    got = store._entry_outcome("k", FEATURES, _struct_entry("k", **values))
+    want = {"missing": MISSING, "failed": FAILED}.get(outcome, outcome)
+    assert got == want if isinstance(want, tuple) else got is want
+
+
+def test_an_answer_in_another_format_fails(standin, stores):
+    from google.cloud.aiplatform_v1beta1.types import feature_online_store_service as types
+
+    from mab.stores._vertex import FAILED
+
+    store = stores(standin, "vertex", **RELAXED)
+    entry = types.FetchFeatureValuesResponse.pb()()
+    entry.data_key.key = "k"
+    pair = entry.key_values.features.add()
+    pair.name = "successes"
+    pair.value.int64_value = 3
+    assert store._entry_outcome("k", FEATURES, entry) is FAILED

@@ -233,6 +233,18 @@ class VertexStore:
         failed = 0 if failed_mask is None else int(failed_mask.sum())
         return FeatureBatch(tuple(values), missing, failed, failed_mask)
 
+    @property
+    def caching(self):
+        """Whether fetched features are cached in this worker."""
+        return self.settings.cache_ttl_seconds > 0
+
+    def answers_without_waiting(self, item_ids, prefix, suffix, features):
+        """Whether ``fetch`` of these ids would be answered from the cache
+        alone, with no call to wait for (the worker then runs the request
+        in its loop rather than on a thread; see mab.http.worker)."""
+        cache = self._cache
+        return cache is not None and cache.serves_all(tuple(features), item_ids, prefix, suffix)
+
     def _refresh_fetch(self, entity_ids, features):
         """The cache's refresher reads through the same path, with the store's deadline."""
         return self._guarded_fetch(entity_ids, features, time.monotonic() + self._deadline)
@@ -340,6 +352,11 @@ class VertexStore:
             if number is not None and not (number >= 0 and math.isfinite(number)):
                 return self._invalid(entity_id, name, f"{number!r}, not a count (finite and >= 0)")
             counts.append(number)
+        return self._complete(entity_id, features, counts)
+
+    def _complete(self, entity_id, features, counts):
+        """The outcome of an entity's checked counts (None: no value): all
+        present, a tuple; none, MISSING; some, FAILED (and said)."""
         if None in counts:
             if all(count is None for count in counts):
                 return MISSING
