@@ -326,8 +326,11 @@ class VertexStore:
             if failed:
                 failed_mask = np.fromiter((row is FAILED for row in rows), dtype=bool, count=len(rows))
             rows = [row if type(row) is tuple else zeros for row in rows]
-        matrix = np.array(rows, dtype=np.float64).reshape(len(rows), n_features)
-        columns = tuple(np.ascontiguousarray(matrix[:, j]) for j in range(n_features))
+        # zip(*rows) transposes in C: a column from a flat tuple of floats
+        # costs numpy a third of what a matrix of 400 small tuples does.
+        columns = tuple(np.array(column, dtype=np.float64) for column in zip(*rows)) if rows else tuple(
+            np.zeros(0) for _ in range(n_features)
+        )
         return FeatureBatch(columns, missing, failed, failed_mask)
 
     # -- values ----------------------------------------------------------------
