@@ -251,28 +251,33 @@ class Store(VertexStore):
             stream.close()
         super().close()
 
-    def _read_answer(self, response, deliver):
-        """Read one StreamingFetchFeatureValuesResponse: ``deliver(key, entry)``
-        for each key answered (``entry`` None when it is answered with an error)."""
+    def _read_answer(self, response, features):
+        """Read one StreamingFetchFeatureValuesResponse: ``(answered,
+        failed_keys)``, see ``SharedStream``; keys in ``data_keys_with_error``,
+        and every key of a message whose status is not OK, failed."""
         message = self._types.StreamingFetchFeatureValuesResponse.pb(response)
-        failed_keys = [data_key.key for data_key in message.data_keys_with_error]
-        if message.status.code != 0:
+        status = message.status
+        with_error = message.data_keys_with_error
+        failed_keys = [data_key.key for data_key in with_error] if len(with_error) else []
+        if status.code != 0:
             failed_keys += [entry.data_key.key for entry in message.data]
             self._warn(
                 "the feature view answered status %d (%s) for %d keys; they count as failed",
-                message.status.code, message.status.message, len(failed_keys),
+                status.code, status.message, len(failed_keys),
             )
-        elif failed_keys:
+            return [], failed_keys
+        if failed_keys:
             self._warn("the feature view answered %d keys with errors; they count as failed", len(failed_keys))
-        for key in failed_keys:
-            deliver(key, None)
-        if message.status.code == 0:
-            for entry in message.data:
-                deliver(entry.data_key.key, entry)
+        return self._decode_entries(message.data, features), failed_keys
 
     def _entry_outcome(self, key, features, entry):
-        """Counts, MISSING or FAILED from one raw FetchFeatureValuesResponse
-        of a stream, read in PROTO_STRUCT format (``_requests`` asks for it).
+        """Counts, MISSING or FAILED from one raw FetchFeatureValuesResponse of a stream."""
+        return self._decode_entries((entry,), features)[0][1]
+
+    def _decode_entries(self, entries, features):
+        """``[(key, outcome, entry)]`` for raw FetchFeatureValuesResponse
+        messages of a stream, read in PROTO_STRUCT format (``_requests``
+        asks for it); an outcome is a tuple of counts, MISSING or FAILED.
 
         Why PROTO_STRUCT here: a upb field access costs ~0.1-0.3 us (every
         submessage read makes a wrapper object), and a struct's map is read
@@ -282,25 +287,31 @@ class Store(VertexStore):
         doubles, which is what the store's columns hold anyway, and a value
         of another kind (a string, a bool) is still told apart and refused.
 
-        The common case inline: a positive ``number_value`` can only be a
-        number (``kind`` is a oneof, and any other kind reads as 0.0), so
-        only a zero needs ``WhichOneof``; anything else (absent or null
-        values, other kinds, NaN or infinite numbers) takes the careful path.
+        The common case in one loop, with no call per entry: a positive
+        ``number_value`` can only be a number (``kind`` is a oneof, and any
+        other kind reads as 0.0), so only a zero needs ``WhichOneof``;
+        anything else (absent or null values, other kinds, NaN or infinite
+        numbers) takes the careful path, ``_struct_counts``.
         """
-        fields = entry.proto_struct.fields
-        get = fields.get
-        counts = []
-        for name in features:
-            value = get(name)
-            if value is None:
-                break
-            number = value.number_value
-            if not 0 < number < INFINITY and (number != 0 or value.WhichOneof("kind") != "number_value"):
-                break
-            counts.append(number)
-        else:
-            return tuple(counts)
-        return self._struct_counts(key, features, entry)   # missing, or something to check and say
+        answered = []
+        append = answered.append
+        for entry in entries:
+            key = entry.data_key.key
+            get = entry.proto_struct.fields.get
+            counts = []
+            for name in features:
+                value = get(name)
+                if value is None:
+                    break
+                number = value.number_value
+                if not 0 < number < INFINITY and (number != 0 or value.WhichOneof("kind") != "number_value"):
+                    break
+                counts.append(number)
+            else:
+                append((key, tuple(counts), entry))
+                continue
+            append((key, self._struct_counts(key, features, entry), entry))   # missing, or something to say
+        return answered
 
     def _struct_counts(self, entity_id, features, entry):
         """Counts, MISSING or FAILED from a FetchFeatureValuesResponse in PROTO_STRUCT format."""

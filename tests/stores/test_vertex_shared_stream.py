@@ -38,9 +38,8 @@ def make_stream():
         calls.append(FakeCall(requests))
         return calls[-1]
 
-    def read_answer(response, deliver):
-        for key in response:
-            deliver(key, key)
+    def read_answer(response, features):
+        return [(key, (features, key), key) for key in response], []
 
     stream = SharedStream(open_call, read_answer, lambda key, features, entry: (features, entry), FAILED,
                           lambda exc: exc, RuntimeError, "test-stream")

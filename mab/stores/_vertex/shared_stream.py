@@ -48,11 +48,19 @@ class _Fetch:
 class SharedStream:
     """A stream opened by ``open_call(request_iterator)`` (returning gRPC's
     response iterator, which has ``cancel()``). ``read_answer(response,
-    deliver)`` reads one response message and calls ``deliver(key, entry)``
-    for each key it answers (``entry`` None for a key answered with an
-    error); ``decode(key, features, entry)`` gives the outcome of an entry
-    (values, MISSING or FAILED) for a tuple of feature names. ``as_error``
-    turns a ``rpc_error`` (gRPC's) into the store's error. Thread-safe."""
+    features)`` reads one response message and returns ``(answered,
+    failed_keys)``: ``(key, outcome, entry)`` for each key it answers, the
+    outcome decoded for the tuple of feature names ``features`` (those of
+    the latest fetch, in practice the only ones), and the keys answered
+    with an error; ``decode(key, features, entry)`` gives an entry's
+    outcome (values, MISSING or FAILED) for another tuple of features.
+    ``as_error`` turns a ``rpc_error`` (gRPC's) into the store's error.
+    Thread-safe.
+
+    A whole message is decoded in one pass, outside the lock, before its
+    keys are handed out: hundreds of entries arrive per request, and a
+    Python call per entry costs as much as reading it.
+    """
 
     def __init__(self, open_call, read_answer, decode, failed, as_error, rpc_error, name):
         self._read_answer = read_answer
@@ -65,6 +73,7 @@ class SharedStream:
         self._lock = threading.Lock()
         self.error = None             # why the stream ended; None while it serves
         self.answered_at = time.monotonic()   # when the last answer arrived
+        self._features = ()           # the features of the latest fetch
         self._call = open_call(iter(self._outgoing.get, _END))
         self._reader = threading.Thread(target=self._read, name=name, daemon=True)
         self._reader.start()
@@ -76,6 +85,7 @@ class SharedStream:
         stream's error) or None. A fetch that times out ends the stream: a
         stream that answers nobody in time is taken for hung."""
         fetch = _Fetch(len(keys), features)
+        self._features = features
         with self._lock:
             if self.error is not None:
                 return {}, self.error
@@ -109,29 +119,34 @@ class SharedStream:
                 f"some keys unanswered within {timeout * 1000:.0f} ms on a stream that answers others"
             )
 
-    def _deliver(self, key, entry):
-        # Called by read_answer, with the lock held.
-        waiters = self._waiting.pop(key, None)
-        if waiters is None:
-            return   # answered already (another fetch asked for it too), or given up
-        if type(waiters) is not list:
-            waiters = (waiters,)
-        features, outcome = None, None
-        for fetch in waiters:
-            if fetch.features is not features:
-                features = fetch.features
-                outcome = self._failed if entry is None else self._decode(key, features, entry)
-            fetch.outcomes[key] = outcome
-            fetch.left -= 1
-            if not fetch.left:
-                fetch.done.set()
+    def _deliver(self, answered, failed_keys, features):
+        """Hand each answer to the fetches waiting for its key (called with the lock held)."""
+        pop = self._waiting.pop
+        for key in failed_keys:
+            answered.append((key, self._failed, None))
+        for key, outcome, entry in answered:
+            waiters = pop(key, None)
+            if waiters is None:
+                continue   # answered already (another fetch asked for it too), or given up
+            if type(waiters) is not list:
+                waiters = (waiters,)
+            for fetch in waiters:
+                if fetch.features is features or entry is None:
+                    fetch.outcomes[key] = outcome
+                else:
+                    fetch.outcomes[key] = self._decode(key, fetch.features, entry)
+                fetch.left -= 1
+                if not fetch.left:
+                    fetch.done.set()
 
     def _read(self):
         try:
             for response in self._call:
+                features = self._features
+                answered, failed_keys = self._read_answer(response, features)
                 with self._lock:
                     self.answered_at = time.monotonic()
-                    self._read_answer(response, self._deliver)
+                    self._deliver(answered, failed_keys, features)
             error = StreamEnded("the service ended the stream")
         except self._rpc_error as exc:
             error = self._as_error(exc)
