@@ -47,8 +47,7 @@ backlog = int(os.environ.get("MAB_BACKLOG", "2048"))
 # threads: requests run inline in the worker's loop when every store is in
 #   memory (they are CPU-bound; threads would only switch). With a remote
 #   store a request waits on the network, so 16 threads per worker keep the
-#   core busy meanwhile; a request its store's cache answers whole still runs
-#   inline (mab.http.worker). MAB_WORKER_THREADS overrides. The sampler itself
+#   core busy meanwhile. MAB_WORKER_THREADS overrides. The sampler itself
 #   uses one thread per worker (MAB_SAMPLER_THREADS), see mab.sampling.
 #
 # max_requests, max_requests_jitter: recycle a worker now and then, at

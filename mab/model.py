@@ -58,19 +58,6 @@ class BetaModel:
         beta = np.add(failures, self.config.prior_beta, out=failures)
         return BetaParameters(alpha, beta, batch.missing, batch.failed)
 
-    def answers_without_waiting(self, item_ids, user_id=None):
-        """Whether ``parameters`` would wait on nothing (no remote call) for
-        these ids: always for a store in memory; for a remote store, when
-        its cache serves every id. False when the request is invalid for
-        this model (its answer is an error, found soon enough)."""
-        check = getattr(self.store, "answers_without_waiting", None)
-        if check is None:
-            return True
-        if self.template.needs_user and user_id is None:
-            return True
-        prefix, suffix = self._fixed_parts or self.template.parts(user_id)
-        return check(item_ids, prefix, suffix, self.features)
-
     def describe(self):
         c = self.config
         return {

@@ -330,21 +330,6 @@ class PredictionService:
 
     # -- the hot path ----------------------------------------------------------
 
-    @property
-    def caches_remote_features(self):
-        """Whether some store is remote with a cache, so that a prediction
-        may be answered without waiting on the network."""
-        return any(getattr(store, "caching", False) for store in self.stores.values())
-
-    def answers_without_waiting(self, request):
-        """Whether ``predict(request)`` would wait on nothing (no remote
-        call): its model's store is in memory or its cache serves every id,
-        or the answer is an error found before any fetch."""
-        if not self._ready.is_set():
-            return True
-        model = self.models.get(request.model)
-        return model is None or model.answers_without_waiting(request.item_ids, request.user_id)
-
     def predict(self, request, deadline=None):
         """Answer one request. ``deadline``: a ``time.monotonic()`` instant by
         which the feature fetch must be done (the store's own deadline, counted

@@ -146,7 +146,6 @@ class PredictionResource:
 
     def __init__(self, service, *, max_items, max_body_bytes):
         self.service = service
-        self.max_items = max_items
         self.max_body_bytes = max_body_bytes
 
     def on_post(self, req, resp):
@@ -229,40 +228,16 @@ def create_stores(config):
     return {name: create_store(settings, config.cache_dir) for name, settings in config.stores.items()}
 
 
-# Routes whose answers never wait on a store.
-_ANSWERED_FROM_MEMORY = frozenset({"/health", "/ready", "/openapi.json", "/metrics"})
-
-
 class App(falcon.App):
     """A Falcon app that also holds its prediction service, for the server's
     hooks (closing stores on worker exit) and for tests."""
 
-    def __init__(self, service, *, max_body_bytes, max_items=None, recorder=None, **kwargs):
+    def __init__(self, service, *, max_body_bytes, recorder=None, **kwargs):
         super().__init__(**kwargs)
         self.service = service
         # Read by mab.worker, which refuses larger bodies before reading them.
         self.max_body_bytes = max_body_bytes
-        self.max_items = max_items
         self.metrics = recorder
-
-    def answers_without_waiting(self, method, path, body):
-        """For mab's worker (mab.http.worker), which runs a request in its
-        loop when it waits on nothing, and on a thread when it may wait on
-        the network: whether this request, read whole (``body`` bytes), is
-        answered from memory. The routes that never touch a store are; a
-        prediction is when its store is in memory or a cache serves all its
-        ids (the body is parsed for that, by the compiled parser; a body
-        that does not parse is answered with an error at once). Any other
-        route, known or not, is taken to wait."""
-        if path in _ANSWERED_FROM_MEMORY:
-            return True
-        if path != "/predict" or not self.service.caches_remote_features:
-            return False
-        try:
-            request = read_prediction_request(body, self.max_items)
-        except MabError:
-            return True
-        return self.service.answers_without_waiting(request)
 
     def __call__(self, environ, start_response):
         """Falcon's app, with the request's X-Request-ID (mab.access_log) on
@@ -314,8 +289,7 @@ def create_app(config, *, stores=None, sampler=sample_beta, load="background", m
             build=dict(version=mab.__version__, openmp=sampling.build_info().get("openmp"),
                        sampler_threads=service.sampler_threads),
         )
-    app = App(service, max_body_bytes=config.max_body_bytes, max_items=config.max_items, media_type=JSON,
-              recorder=recorder)
+    app = App(service, max_body_bytes=config.max_body_bytes, media_type=JSON, recorder=recorder)
     app.set_error_serializer(serialize_error)
     app.add_error_handler(MabError, handle_domain_error)
     app.add_route(

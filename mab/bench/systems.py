@@ -36,7 +36,7 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, log_dir):
-        self.log = open(os.path.join(log_dir, f"{self.name}.log"), "w")
+        self.log = open(os.path.join(log_dir, f"{self.name.replace(os.sep, '_')}.log"), "w")
         # A new session: the server and all its workers share its session id.
         self.process = subprocess.Popen(
             ["taskset", "-c", self.cores, *self.command],

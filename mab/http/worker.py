@@ -17,11 +17,6 @@ application is CPU-bound on the embedded store. With ``threads > 1`` (for a
 remote feature store, where a request waits on the network) complete
 requests run on a pool of that many threads while the loop keeps reading
 and writing; a connection's requests still run one at a time, in order.
-Even then a request the application says waits on nothing
-(``answers_without_waiting``: every id in a remote store's cache, say) runs
-in the loop: a hand-off to a thread costs more than such a request, and 16
-threads taking turns with the interpreter's lock serve out of order, which
-the latency's tail shows.
 
 Overload (``mab.http.admission``): once the worker's queue has not emptied
 for ``MAB_OVERLOAD_INTERVAL_MS`` (100 ms), a request that waited more than
@@ -123,7 +118,6 @@ class HttptoolsWorker(base.Worker):
         self.selector = selectors.DefaultSelector()
         self.finished = collections.deque()      # (connection, bytes, keep_alive) from pool threads
         self.pool = None
-        self.inline_check = None                 # the app's answers_without_waiting, with a pool
         self.now = time.monotonic()
         self.admission = Admission.from_environ(self.now)
         self.pool_waiting = 0                    # requests submitted to the pool, not yet started
@@ -151,7 +145,6 @@ class HttptoolsWorker(base.Worker):
     def run(self):
         if self.cfg.threads > 1:
             self.pool = ThreadPoolExecutor(self.cfg.threads, thread_name_prefix="mab-request")
-            self.inline_check = getattr(self.wsgi, "answers_without_waiting", None)
         for listener in self.sockets:
             listener.setblocking(False)
             enable_receive_timestamps(listener)
@@ -179,7 +172,7 @@ class HttptoolsWorker(base.Worker):
                         break
                     self._close_idle(now - SHUTDOWN_IDLE_SECONDS)
                 events = None
-                if not self.pool_waiting and now - self.admission.last_empty > EMPTY_PROBE_SECONDS:
+                if self.pool is None and now - self.admission.last_empty > EMPTY_PROBE_SECONDS:
                     # Is anything waiting? If not, the queue is empty (and the
                     # poll below waits); if so, these are the events to serve.
                     events = self.selector.select(timeout=0)
@@ -344,7 +337,7 @@ class HttptoolsWorker(base.Worker):
             request = http.next_request()
             if request is None:
                 break
-            if self.pool is None or self._answers_inline(request):
+            if self.pool is None:
                 http.respond(*self.handle(conn, request))
                 continue
             if http.out:
@@ -359,22 +352,6 @@ class HttptoolsWorker(base.Worker):
             self.pool.submit(self._handle_on_pool, conn, request)
             return
         self._flush(conn)
-
-    def _answers_inline(self, request):
-        """With a pool: run a request that waits on nothing (the app says
-        so, e.g. every id is in a remote store's cache) in the loop, as
-        with an in-memory store, rather than hand it to a thread: no hand-off
-        costs, and requests are served in arrival order rather than as 16
-        threads take turns with the interpreter's lock. See
-        ``mab.web.App.answers_without_waiting``."""
-        check = self.inline_check
-        if check is None:
-            return False
-        try:
-            return check(request.method, request.path, request.body)
-        except Exception:   # a bug there must not cost the request: the pool runs it
-            self.log.exception("answers_without_waiting failed; running the request on a thread")
-            return False
 
     def _handle_on_pool(self, conn, request):
         with self.pool_lock:

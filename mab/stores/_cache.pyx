@@ -273,29 +273,6 @@ cdef class EntityCache:
                 refresh.append(i)
         return out_arr, status_arr, refresh
 
-    def serves_all(self, ids, bytes prefix, bytes suffix, double now):
-        """Whether ``lookup`` would serve every one of these ids (none absent
-        or expired) at ``now``; counts nothing and changes nothing, so a
-        caller may ask before deciding how to run a request. ``ids`` as for
-        ``lookup``; raises ``TypeError`` for an element that is not a str."""
-        cdef Py_ssize_t n = _count_ids(ids)
-        cdef IdSpans spans = ids if type(ids) is IdSpans else None
-        cdef list id_list = ids if type(ids) is list else None
-        cdef Py_ssize_t i, entry, length, key_length, position
-        cdef const char *text
-        cdef const uint8_t *key
-        cdef double ttl
-        for i in range(n):
-            text = _id_text(spans, id_list, i, &length)
-            key = self._key(text, length, prefix, suffix, &key_length)
-            entry = self._probe(key, key_length, hash_bytes(key, key_length), &position)
-            if entry < 0:
-                return False
-            ttl = self.missing_ttl if self.flags[entry] & IS_MISSING else self.ttl
-            if now - self.fetched[entry] >= ttl:
-                return False
-        return True
-
     def put(self, str entity_id, values, double fetched_at):
         """Store an entity's fetched values (a sequence of ``n_features``
         floats) or, with ``values=None``, the fact that the store does not

@@ -350,27 +350,3 @@ def test_a_full_worker_makes_room_for_a_new_client(tmp_path, data_csv):
     finally:
         server.stop()
 
-
-def test_with_threads_requests_that_wait_on_nothing_run_in_the_loop(tmp_path, data_csv):
-    # The app says which requests wait on nothing (e.g. every id in a
-    # remote store's cache): those run in the worker's loop thread, the
-    # others on the pool; pipelined, they are still answered in order.
-    server = start(tmp_path, data_csv, MAB_WORKER_THREADS="4", app="tests.http.thread_app:app")
-    try:
-        client = Client(server.port)
-        paths = ["/inline", "/pool", "/inline", "/inline", "/broken", "/pool", "/inline"]
-        client.send(b"".join(
-            b"GET %s HTTP/1.1\r\nHost: test\r\n\r\n" % path.encode() for path in paths
-        ))
-        answers = []
-        for _ in paths:
-            status, _, body = client.response()
-            assert status == 200
-            answers.append(orjson.loads(body))
-        assert [a["path"] for a in answers] == paths
-        for answer in answers:
-            on_pool = answer["thread"].startswith("mab-request")
-            assert on_pool == (answer["path"] != "/inline"), answer
-        assert "answers_without_waiting failed" in server.output(), "a failing check is logged"
-    finally:
-        server.stop()

@@ -186,34 +186,3 @@ def test_settings_of_the_cache(standin):
     with pytest.raises(ConfigError, match="cache_refresh_after_seconds must be >= 0 and <= 10"):
         vertex_config(standin, "vertex", {"cache_ttl_seconds": 10, "cache_refresh_after_seconds": 11})
 
-
-def test_answers_without_waiting_exactly_while_the_cache_serves_every_id(standin, cached_store):
-    # The worker runs such requests in its loop: the answer must be what a
-    # lookup would serve, asking must change nothing, and a store without
-    # its cache always waits.
-    store, clock = cached_store()
-    ids = ["item-1", "item-2", "brand-new"]
-    assert not store.answers_without_waiting(ids, "", "", FEATURES), "nothing cached yet"
-    store.fetch(ids, "", "", FEATURES)
-    before = cache_info(store)
-    assert store.answers_without_waiting(ids, "", "", FEATURES)
-    assert not store.answers_without_waiting(ids + ["item-3"], "", "", FEATURES)
-    assert not store.answers_without_waiting(ids, "user:", "", FEATURES), "other entity ids"
-    # Stale entries are served (and refreshed in the background): no wait.
-    clock.now = 1000.0 + MISSING_TTL * REFRESH_AFTER / TTL
-    assert store.answers_without_waiting(ids, "", "", FEATURES), "the missing entity's entry is stale"
-    # Past the missing entity's own TTL, its key must be fetched again.
-    clock.now = 1000.0 + MISSING_TTL
-    assert not store.answers_without_waiting(ids, "", "", FEATURES)
-    assert store.answers_without_waiting(ids[:2], "", "", FEATURES)
-    clock.now = 1000.0 + REFRESH_AFTER
-    assert store.answers_without_waiting(ids[:2], "", "", FEATURES), "stale"
-    clock.now = 1000.0 + TTL
-    assert not store.answers_without_waiting(ids[:1], "", "", FEATURES), "expired"
-    assert cache_info(store) == before, "asking counts nothing and queues no refresh"
-
-
-def test_a_store_without_its_cache_always_waits(standin, cached_store):
-    store, _ = cached_store(cache_ttl_seconds=0, cache_refresh_after_seconds=0, cache_missing_ttl_seconds=0)
-    store.fetch(["item-1"], "", "", FEATURES)
-    assert not store.caching and not store.answers_without_waiting(["item-1"], "", "", FEATURES)

@@ -97,13 +97,6 @@ class FeatureCache:
             self._queue_refresh(features, [prefix + item_ids[i] + suffix for i in refresh])
         return values, status
 
-    def serves_all(self, features, item_ids, prefix, suffix):
-        """Whether ``lookup`` would serve all of these ids now, without a
-        fetch (see ``EntityCache.serves_all``); counts nothing."""
-        table = self.table(features)
-        with self._lock:
-            return table.serves_all(item_ids, prefix.encode(), suffix.encode(), self.clock())
-
     def store(self, features, outcomes):
         """Keep fetched outcomes (``{entity id: values | MISSING | FAILED}``);
         failures are not kept."""

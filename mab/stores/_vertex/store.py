@@ -233,18 +233,6 @@ class VertexStore:
         failed = 0 if failed_mask is None else int(failed_mask.sum())
         return FeatureBatch(tuple(values), missing, failed, failed_mask)
 
-    @property
-    def caching(self):
-        """Whether fetched features are cached in this worker."""
-        return self.settings.cache_ttl_seconds > 0
-
-    def answers_without_waiting(self, item_ids, prefix, suffix, features):
-        """Whether ``fetch`` of these ids would be answered from the cache
-        alone, with no call to wait for (the worker then runs the request
-        in its loop rather than on a thread; see mab.http.worker)."""
-        cache = self._cache
-        return cache is not None and cache.serves_all(tuple(features), item_ids, prefix, suffix)
-
     def _refresh_fetch(self, entity_ids, features):
         """The cache's refresher reads through the same path, with the store's deadline."""
         return self._guarded_fetch(entity_ids, features, time.monotonic() + self._deadline)
