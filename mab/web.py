@@ -146,6 +146,7 @@ class PredictionResource:
 
     def __init__(self, service, *, max_items, max_body_bytes):
         self.service = service
+        self.max_items = max_items
         self.max_body_bytes = max_body_bytes
 
     def on_post(self, req, resp):
