@@ -16,6 +16,8 @@ which costs more than looking the id up.
 
 ``IdSpans.json_array(order)`` writes the ids back out as a JSON array in a
 given order, again without strings: they need no escaping.
+``IdSpans.concatenated()`` gives them end to end with their lengths, the
+layout of an Arrow string array (the decision log, mab.decisions).
 
 ``object_member_names(body)`` lists the member names of the top-level object
 of a body the general parser has accepted, so that the general path can
@@ -102,6 +104,21 @@ cdef class IdSpans:
             pos += 1
         w[pos] = b"]"
         return out
+
+    def concatenated(self):
+        """``(data, lengths)``: the ids' bytes end to end (``bytes``, ASCII)
+        and each id's length in bytes (a new int64 array of ``len(self)``).
+        The values and offsets of an Arrow string array, without a ``str``
+        per id (mab.decisions builds its item_ids column from them)."""
+        cdef Py_ssize_t i, size = 0, pos = 0
+        for i in range(self.n):
+            size += self.lengths[i]
+        cdef bytes out = PyBytes_FromStringAndSize(NULL, size)
+        cdef char *w = PyBytes_AS_STRING(out)
+        for i in range(self.n):
+            memcpy(w + pos, self.data + self.starts[i], self.lengths[i])
+            pos += self.lengths[i]
+        return out, np.array(self._lengths[:self.n], dtype=np.int64)
 
 
 cdef IdSpans _spans_of_parse(bytes body, cnp.ndarray starts, cnp.ndarray lengths, Py_ssize_t count):

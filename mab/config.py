@@ -49,6 +49,16 @@ The TOML layout::
     entity_id = "{item_id}"          # or "{user_id}:{item_id}", ...
     on_store_error = "fail"          # features not fetched: "fail" (503) or
                                      # "prior" (degraded answer)
+    log_fraction = 0.0               # share of decisions written to the
+                                     # decision log (mab.decisions), 0 to 1
+
+    [decision_log]                   # where logged decisions go (docs/decisions.md)
+    sink = "parquet"                 # or "jsonl": JSON Lines on standard output
+    directory = "decisions"          # parquet: one file series per worker
+    rotate_records = 100000          # parquet: close a file after this many ...
+    rotate_seconds = 300             # ... or this many seconds (0: no limit)
+    queue_records = 2048             # decisions waiting per worker; more are dropped
+    compression = "zstd"             # parquet: zstd, snappy, lz4, gzip, brotli, none
 
 Vertex stores authenticate with Application Default Credentials; their
 settings are validated here, their clients are created in each worker.
@@ -145,6 +155,36 @@ class ModelConfig:
     # "fail" answers 503, "prior" scores the affected items from the prior
     # and flags the answer as degraded.
     on_store_error: str = "fail"
+    # The share of this model's decisions written to the decision log
+    # (mab.decisions): decision d is logged iff
+    # int(d[:16], 16) / 2**64 < log_fraction. 0: none.
+    log_fraction: float = 0.0
+
+
+#: Sinks of the decision log, and the Parquet compressions it accepts
+#: (pyarrow's names; "none" writes uncompressed).
+DECISION_SINKS = ("parquet", "jsonl")
+DECISION_COMPRESSIONS = ("zstd", "snappy", "lz4", "gzip", "brotli", "none")
+
+
+@dataclass(frozen=True)
+class DecisionLogConfig:
+    """The ``[decision_log]`` table: where and how logged decisions are
+    written (mab.decisions, docs/decisions.md). Which decisions are logged
+    is each model's ``log_fraction``."""
+
+    sink: str = "parquet"
+    # The Parquet sink's directory; required when a model logs to it.
+    directory: str | None = None
+    # A worker closes its Parquet file (and renames it into place) after
+    # this many records or seconds, whichever comes first; 0 = no limit.
+    rotate_records: int = 100_000
+    rotate_seconds: float = 300.0
+    # Records waiting for the writer, per worker; when full, new decisions
+    # are dropped and counted (mab_decisions_dropped_total{reason="queue_full"}).
+    queue_records: int = 2048
+    # Parquet compression; None = zstd when pyarrow has it, else snappy.
+    compression: str | None = None
 
 
 @dataclass(frozen=True)
@@ -155,6 +195,12 @@ class Config:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     cache_dir: str = field(default_factory=default_cache_dir)
     source: str = "environment"   # where it came from, for messages
+    decision_log: DecisionLogConfig = field(default_factory=DecisionLogConfig)
+
+    @property
+    def logs_decisions(self):
+        """Whether any model logs decisions (a log_fraction above 0)."""
+        return any(model.log_fraction > 0 for model in self.models.values())
 
 
 # -- parsing helpers -----------------------------------------------------------
@@ -202,6 +248,7 @@ def _parse_model(name, table):
         prior_beta=_take(table, "prior_beta", float, where, 1.0),
         entity_id=EntityTemplate(_take(table, "entity_id", str, where, "{item_id}")),
         on_store_error=_take(table, "on_store_error", str, where, "fail"),
+        log_fraction=_take(table, "log_fraction", float, where, 0.0),
     )
     _reject_unknown(table, where)
     for key in ("prior_alpha", "prior_beta"):
@@ -213,7 +260,37 @@ def _parse_model(name, table):
             raise ConfigError(f"{where}.{key} must name a feature")
     if model.on_store_error not in ("fail", "prior"):
         raise ConfigError(f"{where}.on_store_error must be 'fail' or 'prior', got {model.on_store_error!r}")
+    if not 0.0 <= model.log_fraction <= 1.0:
+        raise ConfigError(f"{where}.log_fraction must be in [0, 1], got {model.log_fraction!r}")
     return model
+
+
+def _parse_decision_log(table, base_dir):
+    where = "decision_log"
+    table = dict(table)
+    directory = _take(table, "directory", str, where, None)
+    settings = DecisionLogConfig(
+        sink=_take(table, "sink", str, where, "parquet"),
+        directory=os.path.join(base_dir, os.path.expanduser(directory)) if directory else None,
+        rotate_records=_take(table, "rotate_records", int, where, DecisionLogConfig.rotate_records),
+        rotate_seconds=_take(table, "rotate_seconds", float, where, DecisionLogConfig.rotate_seconds),
+        queue_records=_take(table, "queue_records", int, where, DecisionLogConfig.queue_records),
+        compression=_take(table, "compression", str, where, None),
+    )
+    _reject_unknown(table, where)
+    if settings.sink not in DECISION_SINKS:
+        raise ConfigError(f"{where}.sink must be one of {', '.join(DECISION_SINKS)}, got {settings.sink!r}")
+    if settings.rotate_records < 0:
+        raise ConfigError(f"{where}.rotate_records must be >= 0 (0: no limit), got {settings.rotate_records}")
+    if not 0.0 <= settings.rotate_seconds < float("inf"):
+        raise ConfigError(f"{where}.rotate_seconds must be >= 0 (0: no limit), got {settings.rotate_seconds!r}")
+    if settings.queue_records < 1:
+        raise ConfigError(f"{where}.queue_records must be >= 1, got {settings.queue_records}")
+    if settings.compression is not None and settings.compression not in DECISION_COMPRESSIONS:
+        raise ConfigError(
+            f"{where}.compression must be one of {', '.join(DECISION_COMPRESSIONS)}, got {settings.compression!r}"
+        )
+    return settings
 
 
 def _parse_store(name, table, base_dir):
@@ -260,6 +337,9 @@ def _config_from_document(document, environ, source, base_dir):
     max_items = _positive_int(document.pop("max_items", DEFAULT_MAX_ITEMS), "max_items")
     max_body = _positive_int(document.pop("max_body_bytes", DEFAULT_MAX_BODY_BYTES), "max_body_bytes")
     cache_dir = document.pop("cache_dir", None)
+    decision_log_table = document.pop("decision_log", {})
+    if not isinstance(decision_log_table, dict):
+        raise ConfigError(f"decision_log must be a table, got {decision_log_table!r}")
     _reject_unknown(document, "top level")
 
     # The environment overrides the file.
@@ -286,6 +366,14 @@ def _config_from_document(document, environ, source, base_dir):
                 f"models.{model.name}.store: no store named {model.store!r} "
                 f"(configured: {', '.join(sorted(stores))})"
             )
+    decision_log = _parse_decision_log(decision_log_table, base_dir)
+    if decision_log.sink == "parquet" and decision_log.directory is None:
+        logging_models = [model.name for model in models.values() if model.log_fraction > 0]
+        if logging_models:
+            raise ConfigError(
+                f"decision_log.directory: model(s) {', '.join(logging_models)} log decisions "
+                "(log_fraction > 0) to the parquet sink, which needs a directory"
+            )
     return Config(
         stores=stores,
         models=models,
@@ -293,4 +381,5 @@ def _config_from_document(document, environ, source, base_dir):
         max_body_bytes=max_body,
         cache_dir=os.path.abspath(cache_dir),
         source=source,
+        decision_log=decision_log,
     )

@@ -125,17 +125,24 @@ def on_starting(server):
     """In the master, before any socket or worker: validate the configuration,
     then compile, map and check every embedded store and the models on it,
     exactly as a worker will load them (mab.preflight), and pin the checked
-    copies for the workers. A bad configuration or a file the workers could
-    not serve stops the start with one clear message and exit status 1."""
+    copies for the workers; check that the decision log's directory can be
+    written (mab.decisions). A bad configuration, a file the workers could
+    not serve or a directory they could not write stops the start with one
+    clear message and exit status 1."""
     from mab.config import load_config
+    from mab.decisions.log import check_decision_log
     from mab.errors import MabError
     from mab.preflight import check_embedded_stores
 
     _route_app_logs(server.log)
     _prepare_metrics_dir(server)
     try:
-        for name, path in check_embedded_stores(load_config()).items():
+        config = load_config()
+        for name, path in check_embedded_stores(config).items():
             server.log.info("store %r: checked, compiled into %s", name, path)
+        directory = check_decision_log(config)
+        if directory is not None:
+            server.log.info("decision log: Parquet files in %s", directory)
     except MabError as exc:
         sys.exit(f"mab: {exc.message}")
 
@@ -219,8 +226,19 @@ def post_worker_init(worker):
 
 
 def worker_exit(server, worker):
-    """Release what the worker's app holds (store maps, pools, channels)."""
+    """Release what the worker's app holds: first its decision log (the
+    writer writes what is queued and closes its file into place, waiting
+    at most 10 s for a stalled disk), then the metrics' last flush (so the
+    final logged and dropped counts reach the multiprocess files), then
+    the store maps, pools and channels."""
     app = getattr(worker, "wsgi", None)
     service = getattr(app, "service", None)
     if service is not None:
+        service.close_decision_log()
+        recorder = getattr(app, "metrics", None)
+        if recorder is not None:
+            try:
+                recorder.flush()
+            except Exception:
+                worker.log.exception("metrics: the last flush failed")
         service.close()

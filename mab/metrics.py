@@ -164,6 +164,16 @@ class Recorder:
         self.shed = Counter(
             "mab_http_requests_shed", "Requests answered 503 by admission control (waited too long to start).",
             registry=r)
+        # The decision log (mab.decisions): its own counts, read at each flush.
+        self.decisions_logged = Counter(
+            "mab_decisions_logged", "Decisions written to the decision log and visible to readers, by model.",
+            ["model"], registry=r)
+        self.decisions_dropped = Counter(
+            "mab_decisions_dropped", "Decisions selected for the decision log but not written, by model and reason "
+            "(queue_full, write_error, shutdown).",
+            ["model", "reason"], registry=r)
+        self._decisions_source = None
+        self._decisions_seen = {}
         self._thread = None
 
     def _new_pending(self):
@@ -220,6 +230,13 @@ class Recorder:
         refusals, a count that never goes down) as mab_http_requests_shed_total."""
         self._shed_source = read_total
 
+    def watch_decisions(self, read_counts):
+        """Export the decision log's counts: ``read_counts()`` returns
+        ``({model: logged}, {(model, reason): dropped})``, totals that never
+        go down (``mab.decisions.DecisionLog.counts``), as
+        mab_decisions_logged_total and mab_decisions_dropped_total."""
+        self._decisions_source = read_counts
+
     # -- flushing ----------------------------------------------------------------
 
     def flush(self):
@@ -257,7 +274,23 @@ class Recorder:
             if total > self._shed_seen:
                 self.shed.inc(total - self._shed_seen)
                 self._shed_seen = total
+        if self._decisions_source is not None:
+            self._flush_decisions()
         self._flush_stores()
+
+    def _flush_decisions(self):
+        logged, dropped = self._decisions_source()
+        seen = self._decisions_seen
+        for model, total in logged.items():
+            delta = total - seen.get(("logged", model), 0)
+            if delta > 0:
+                self.decisions_logged.labels(model).inc(delta)
+                seen["logged", model] = total
+        for (model, reason), total in dropped.items():
+            delta = total - seen.get(("dropped", model, reason), 0)
+            if delta > 0:
+                self.decisions_dropped.labels(model, reason).inc(delta)
+                seen["dropped", model, reason] = total
 
     def _flush_stores(self):
         for name, store in self.stores.items():

@@ -15,6 +15,7 @@ import orjson
 
 import mab
 from mab import _lists, _ranking, _wire, sampling
+from mab.decisions.record import new_decision_id, selected_raw
 from mab.errors import (
     InvalidRequest,
     MalformedRequest,
@@ -42,6 +43,7 @@ class PredictionRequest:
 @dataclass(slots=True)
 class Prediction:
     model: str
+    decision_id: str        # 32 hex digits (128 random bits), in every answer
     request_ids: object     # the request's item_ids: a list of str, or IdSpans
     order: np.ndarray       # indices into request_ids, best first, cut to top_k
     scores: np.ndarray      # the scores in that order
@@ -254,7 +256,7 @@ def rank(scores, top_k, seed=None):
 class PredictionService:
     """Holds a worker's models and stores, loads them, and answers predictions."""
 
-    def __init__(self, config, stores, *, sampler=sampling.sample_beta):
+    def __init__(self, config, stores, *, sampler=sampling.sample_beta, decision_log=None):
         self.config = config
         self.stores = stores
         self.sampler = sampler
@@ -262,6 +264,10 @@ class PredictionService:
             name: BetaModel(model_config, stores[model_config.store])
             for name, model_config in config.models.items()
         }
+        # mab.decisions.DecisionLog, or None: no model logs decisions.
+        self.decision_log = decision_log
+        if decision_log is not None:
+            decision_log.bind(self.models)
         self.sampler_threads = sampling.resolve_n_threads()
         self._ready = threading.Event()
         self._load_error = None
@@ -302,7 +308,14 @@ class PredictionService:
     def wait_until_ready(self, timeout=None):
         return self._ready.wait(timeout)
 
+    def close_decision_log(self):
+        """Write what the decision log holds and close it (the last Parquet
+        file goes into place). Idempotent."""
+        if self.decision_log is not None:
+            self.decision_log.close()
+
     def close(self):
+        self.close_decision_log()
         for store in self.stores.values():
             store.close()
 
@@ -326,6 +339,8 @@ class PredictionService:
             details["error"] = str(self._load_error)
         else:
             details["status"] = "loading"
+        if self.decision_log is not None:
+            details["decision_log"] = self.decision_log.describe()
         return self._ready.is_set(), details
 
     # -- the hot path ----------------------------------------------------------
@@ -347,12 +362,20 @@ class PredictionService:
         params = model.parameters(request.item_ids, request.user_id, deadline)
         fetched = time.perf_counter()
         seed = sampling.fresh_seed() if request.seed is None else request.seed
-        scores = self.sampler(params.alpha, params.beta, seed=seed, out=params.alpha, n_threads=self.sampler_threads)
+        raw_id, decision_id = new_decision_id()
+        fraction = model.config.log_fraction
+        logged = fraction > 0.0 and self.decision_log is not None and selected_raw(raw_id, fraction)
+        # The scores overwrite alpha unless the decision is logged: its
+        # record keeps alpha and beta as sampled, and the sampler then
+        # fills a new array (no copy: an allocation of the same size).
+        scores = self.sampler(params.alpha, params.beta, seed=seed, out=None if logged else params.alpha,
+                              n_threads=self.sampler_threads)
         sampled = time.perf_counter()
         order = rank(scores, request.top_k, seed)
         ranked = time.perf_counter()
-        return Prediction(
+        prediction = Prediction(
             model=request.model,
+            decision_id=decision_id,
             request_ids=request.item_ids,
             order=order,
             scores=scores[order],
@@ -361,3 +384,12 @@ class PredictionService:
             failed=params.failed,
             stage_seconds=(fetched - started, sampled - fetched, ranked - sampled),
         )
+        if logged:
+            # References only (mab.decisions.record.RECORD_FIELDS): none of
+            # these arrays is written to after this point.
+            self.decision_log.submit((
+                decision_id, time.time_ns() // 1000, request.model, request.user_id, seed,
+                request.item_ids, params.alpha, params.beta, getattr(params, "age_seconds", None),
+                order, prediction.scores, params.missing, params.failed,
+            ))
+        return prediction

@@ -162,6 +162,7 @@ class PredictionResource:
         resp.data = orjson.dumps(
             {
                 "model": prediction.model,
+                "decision_id": prediction.decision_id,
                 "item_ids": ranked_ids_json(prediction),
                 "scores": prediction.scores,
                 "seed": prediction.seed,
@@ -269,7 +270,7 @@ class App(falcon.App):
             recorder.request(path, status, time.perf_counter() - started, environ, in_flight, queued)
 
 
-def create_app(config, *, stores=None, sampler=sample_beta, load="background", metrics=True):
+def create_app(config, *, stores=None, sampler=sample_beta, load="background", metrics=True, decision_sink=None):
     """The WSGI application for one worker.
 
     ``stores`` replaces the stores the configuration describes (tests inject
@@ -278,10 +279,22 @@ def create_app(config, *, stores=None, sampler=sample_beta, load="background", m
     "background" (the app answers at once; /ready says when it can
     predict), "now" (load before returning) or "no". ``metrics``: record
     and serve GET /metrics (mab.metrics); False records nothing (the
-    X-Request-ID header stays).
+    X-Request-ID header stays). ``decision_sink`` replaces the decision
+    log's sink (mab.decisions.sinks) when a model logs decisions.
+
+    When a model logs decisions (``log_fraction`` > 0) the worker's
+    decision log (mab.decisions) starts here, its writer thread with it;
+    ``app.service.close()`` writes what it holds and closes it. Raises
+    ``ConfigError`` when its directory cannot be written.
     """
+    decision_log = None
+    if config.logs_decisions:
+        from mab.decisions import create_decision_log
+
+        decision_log = create_decision_log(config, sink=decision_sink)
     service = PredictionService(
-        config, stores if stores is not None else create_stores(config), sampler=sampler
+        config, stores if stores is not None else create_stores(config), sampler=sampler,
+        decision_log=decision_log,
     )
     recorder = None
     if metrics:
@@ -290,6 +303,8 @@ def create_app(config, *, stores=None, sampler=sample_beta, load="background", m
             build=dict(version=mab.__version__, openmp=sampling.build_info().get("openmp"),
                        sampler_threads=service.sampler_threads),
         )
+        if decision_log is not None:
+            recorder.watch_decisions(decision_log.counts)
     app = App(service, max_body_bytes=config.max_body_bytes, media_type=JSON, recorder=recorder)
     app.set_error_serializer(serialize_error)
     app.add_error_handler(MabError, handle_domain_error)
@@ -305,6 +320,8 @@ def create_app(config, *, stores=None, sampler=sample_beta, load="background", m
         if recorder.multiprocess:
             # Other workers answer scrapes too: they read this one's files.
             recorder.start_flushing()
+    if decision_log is not None:
+        decision_log.start()
     if load == "background":
         service.load_in_background()
     elif load == "now":

@@ -72,11 +72,61 @@ entity_id = "{{user_id}}:{{item_id}}"
         ({"models": {"default": {"on_store_error": "shrug"}}}, {"MAB_DATA": "x.csv"}, "on_store_error"),
         ({"stores": {"default": {"backend": "redis"}}}, {}, "unknown backend 'redis'"),
         ({"stores": {"default": {"path": "x.csv", "mode": "fast"}}}, {}, r"stores\.default: unknown setting.*mode"),
+        ({"models": {"default": {"log_fraction": 1.5}}}, {"MAB_DATA": "x.csv"}, r"models\.default\.log_fraction must be in \[0, 1\]"),
+        ({"models": {"default": {"log_fraction": -0.1}}}, {"MAB_DATA": "x.csv"}, r"log_fraction must be in \[0, 1\]"),
+        ({"models": {"default": {"log_fraction": float("nan")}}}, {"MAB_DATA": "x.csv"}, r"log_fraction must be in"),
+        ({"models": {"default": {"log_fraction": "all"}}}, {"MAB_DATA": "x.csv"}, r"log_fraction must be float"),
+        ({"models": {"default": {"log_fraction": 0.1}}}, {"MAB_DATA": "x.csv"},
+         r"decision_log\.directory: model\(s\) default log decisions .* needs a directory"),
+        ({"decision_log": {"sink": "kafka"}}, {"MAB_DATA": "x.csv"}, r"decision_log\.sink must be one of parquet, jsonl"),
+        ({"decision_log": {"queue_records": 0}}, {"MAB_DATA": "x.csv"}, r"decision_log\.queue_records must be >= 1"),
+        ({"decision_log": {"queue_records": True}}, {"MAB_DATA": "x.csv"}, r"decision_log\.queue_records must be int"),
+        ({"decision_log": {"rotate_records": -1}}, {"MAB_DATA": "x.csv"}, r"rotate_records must be >= 0"),
+        ({"decision_log": {"rotate_seconds": float("inf")}}, {"MAB_DATA": "x.csv"}, r"rotate_seconds must be >= 0"),
+        ({"decision_log": {"compression": "zip"}}, {"MAB_DATA": "x.csv"}, r"decision_log\.compression must be one of"),
+        ({"decision_log": {"dir": "x"}}, {"MAB_DATA": "x.csv"}, r"decision_log: unknown setting.*dir"),
+        ({"decision_log": "on"}, {"MAB_DATA": "x.csv"}, r"decision_log must be a table"),
     ],
 )
 def test_invalid_configurations(make_config, document, environ, message):
     with pytest.raises(ConfigError, match=message):
         make_config(document, **environ)
+
+
+def test_decision_log_settings(tmp_path, items_csv):
+    path = tmp_path / "mab.toml"
+    path.write_text(
+        f"""
+[stores.default]
+path = "{items_csv.name}"
+[models.default]
+log_fraction = 0.05
+[models.quiet]
+[decision_log]
+directory = "decisions"
+rotate_records = 5000
+rotate_seconds = 60
+queue_records = 100
+compression = "lz4"
+"""
+    )
+    config = load_config({"MAB_CONFIG": str(path)})
+    assert config.models["default"].log_fraction == 0.05 and config.models["quiet"].log_fraction == 0.0
+    assert config.logs_decisions
+    settings = config.decision_log
+    # A relative directory is relative to the file, like a store's path.
+    assert settings.directory == str(tmp_path / "decisions")
+    assert (settings.sink, settings.rotate_records, settings.rotate_seconds, settings.queue_records,
+            settings.compression) == ("parquet", 5000, 60.0, 100, "lz4")
+
+
+def test_decision_logging_is_off_by_default(make_config, items_csv):
+    config = make_config(MAB_DATA=str(items_csv))
+    assert config.models["default"].log_fraction == 0.0 and not config.logs_decisions
+    assert config.decision_log.sink == "parquet" and config.decision_log.directory is None
+    # JSON Lines needs no directory.
+    assert make_config({"models": {"default": {"log_fraction": 1}}, "decision_log": {"sink": "jsonl"}},
+                       MAB_DATA=str(items_csv)).logs_decisions
 
 
 def test_unreadable_and_invalid_files(tmp_path):

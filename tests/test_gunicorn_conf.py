@@ -53,9 +53,11 @@ def test_two_workers_serve_predictions(server):
     assert first["seed"] != second["seed"], "workers drew different seeds"
     assert first["scores"] != second["scores"], "workers sampled different numbers"
 
-    # Any worker replays any answer from its seed.
+    # Any worker replays any answer from its seed (as a new decision, with its own id).
+    first.pop("decision_id")
     for _ in range(20):
         _, replay = server.predict({"item_ids": ids, "top_k": 50, "seed": first["seed"]})
+        assert len(replay.pop("decision_id")) == 32
         assert replay == first
 
 

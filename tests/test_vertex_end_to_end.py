@@ -26,14 +26,17 @@ def data_csv(tmp_path):
 
 
 def embedded_answer(data_csv, tmp_path, doc):
-    """What the embedded store answers for the same data and seed."""
+    """What the embedded store answers for the same data and seed (but
+    the decision_id, which is new in every answer)."""
     config = config_from_document({}, {"MAB_DATA": str(data_csv), "MAB_CACHE_DIR": str(tmp_path / "cache")})
     app = create_app(config, load="now")
     try:
         result = testing.TestClient(app).simulate_post(
             "/predict", body=orjson.dumps(doc), headers={"Content-Type": "application/json"}
         )
-        return result.json
+        answer = result.json
+        del answer["decision_id"]
+        return answer
     finally:
         app.service.close()
 
@@ -89,6 +92,7 @@ def test_gunicorn_serves_from_the_standin_and_degrades_without_it(tmp_path, data
             for model in ("default", "view"):
                 worker, body = server.predict(dict(doc, model=model))
                 answered_by.add(worker)
+                assert len(body.pop("decision_id")) == 32
                 assert body == dict(expected, model=model), "the same features as the embedded store"
         assert len(answered_by) == 2, "both workers answered"
 

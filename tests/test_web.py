@@ -1,5 +1,7 @@
 """The HTTP edge, in process, through falcon.testing."""
 
+import re
+
 import numpy as np
 import orjson
 import pytest
@@ -37,7 +39,8 @@ def test_prediction_shape(client):
     result = predict(client, {"user_id": "u-17", "item_ids": ["item-1", "item-2", "new"], "seed": 12345})
     assert result.status_code == 200
     body = result.json
-    assert set(body) == {"model", "item_ids", "scores", "seed", "missing", "degraded", "degraded_items"}
+    assert set(body) == {"model", "decision_id", "item_ids", "scores", "seed", "missing", "degraded", "degraded_items"}
+    assert re.fullmatch("[0-9a-f]{32}", body["decision_id"])
     assert body["model"] == "default" and body["seed"] == 12345
     assert body["missing"] == 1 and body["degraded"] is False and body["degraded_items"] == 0
     assert sorted(body["item_ids"]) == ["item-1", "item-2", "new"]
@@ -90,6 +93,8 @@ def test_seeded_replay_and_fresh_seeds(client):
     assert first["seed"] != second["seed"]
     assert first["scores"] != second["scores"]
     replay = predict(client, dict(doc, seed=first["seed"])).json
+    # The same answer; a new decision (its own id).
+    assert replay.pop("decision_id") != first.pop("decision_id")
     assert replay == first
 
 
@@ -166,11 +171,15 @@ def test_request_errors(client, body, status, code):
 def test_the_compiled_parser_changes_no_answer(client, monkeypatch, body):
     # The same answer, status and body, whether the compiled parser takes
     # the body or the general path does (tests/test_wire_properties.py holds
-    # the parsers to it on generated bodies).
+    # the parsers to it on generated bodies). Each answer is a decision of
+    # its own, with its own decision_id.
     compiled = predict(client, body=body)
     monkeypatch.setattr(_wire, "parse_predict_body", lambda body: None)
     general = predict(client, body=body)
-    assert (compiled.status_code, compiled.json) == (general.status_code, general.json)
+    answers = [compiled.json, general.json]
+    if compiled.status_code == 200:
+        assert answers[0].pop("decision_id") != answers[1].pop("decision_id")
+    assert (compiled.status_code, answers[0]) == (general.status_code, answers[1])
 
 
 def test_body_over_the_limit_is_refused_before_reading(make_config, items_csv):
@@ -265,5 +274,6 @@ def test_fast_and_general_parsers_give_the_same_answer(client):
     # The escape makes the compiled parser decline; orjson reads the same ids.
     fast = predict(client, body=b'{"item_ids": ["item-1", "item-2", "new"], "seed": 5, "top_k": 2}').json
     general = predict(client, body=b'{"item_ids": ["item\\u002d1", "item-2", "new"], "seed": 5, "top_k": 2}').json
+    assert fast.pop("decision_id") != general.pop("decision_id")
     assert fast == general
 

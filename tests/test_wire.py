@@ -101,11 +101,21 @@ def test_json_array_writes_what_orjson_would(ids, data):
     assert spans.json_array(order) == orjson.dumps([ids[i] for i in order])
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(simple_text, max_size=30))
+def test_concatenated_is_the_ids_end_to_end(ids):
+    spans = parse_predict_body(orjson.dumps({"item_ids": ids}))[0]
+    data, lengths = spans.concatenated()
+    assert data == "".join(ids).encode() and lengths.dtype == np.int64
+    assert lengths.tolist() == [len(i) for i in ids]
+
+
 def test_id_spans_checks_its_spans():
     with pytest.raises(ValueError, match="outside"):
         IdSpans(b"abc", [1], [3])
     spans = IdSpans(b"abcdef", [0, 3], [2, 3])
     assert list(spans) == ["ab", "def"] and spans[-1] == "def"
+    assert spans.concatenated()[0] == b"abdef"
     with pytest.raises(IndexError):
         spans.json_array(np.array([2]))
 

@@ -7,6 +7,7 @@ started can be stopped, also on Ctrl-C.
 """
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -192,6 +193,46 @@ def make_vertex(name, args, backend, cache, read_api=None):
     return RemoteStoreServer(args.standin, name, server.command, server.env, server.port, "/ready", server.cores)
 
 
+class DecisionLogServer(Server):
+    """mab logging every decision (``log_fraction = 1``, the Parquet sink)
+    into a directory of its own. Once stopped (the workers close their last
+    files) it prints how many decisions were written and their bytes per
+    decision, then removes the files: a run writes gigabytes."""
+
+    def __init__(self, directory, *a, **kw):
+        super().__init__(*a, **kw)
+        self.directory = directory
+
+    def stop(self):
+        running = self.process is not None and self.process.poll() is None
+        super().stop()
+        if not running or not os.path.isdir(self.directory):
+            return
+        import pyarrow.parquet as pq
+
+        rows = size = 0
+        for name in os.listdir(self.directory):
+            path = os.path.join(self.directory, name)
+            if name.endswith(".parquet") and not name.startswith("."):
+                rows += pq.ParquetFile(path).metadata.num_rows
+                size += os.path.getsize(path)
+        per = f", {size / rows:,.0f} bytes per decision" if rows else ""
+        print(f"{self.name}: {rows:,} decisions logged in {size / 1e6:,.1f} MB{per}; files removed",
+              file=sys.stderr, flush=True)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def make_decisionlog(name, args):
+    """mab with every decision logged to Parquet files (mab.decisions), to
+    measure what logging costs side by side with ``mab``."""
+    directory = os.path.join(args.work_dir, f"{name}-decisions")
+    config = os.path.join(args.work_dir, f"{name}.toml")
+    with open(config, "w") as f:
+        f.write(f'[models.default]\nlog_fraction = 1.0\n\n[decision_log]\ndirectory = "{directory}"\n')
+    server = make_mab(name, args, extra_env={"MAB_CONFIG": config})
+    return DecisionLogServer(directory, name, server.command, server.env, server.port, "/ready", server.cores)
+
+
 def make_go(name, args, sampler):
     """The Go peer (``args.go_peer``, built with its build.sh if need be)
     with the sampler named ``go`` or ``cgo``."""
@@ -237,6 +278,7 @@ def make_system(spec, args):
         "mab-sync": lambda: make_mab("mab-sync", args, "sync"),
         "mab-gthread": lambda: make_mab("mab-gthread", args, "gthread", {"MAB_WORKER_THREADS": "4"}),
         "mab-nometrics": lambda: make_mab("mab-nometrics", args, extra_env={"MAB_METRICS": "0"}),
+        "mab-decisionlog": lambda: make_decisionlog("mab-decisionlog", args),
         "mab-baseline": lambda: make_mab("mab-baseline", args, app="mab.baseline:create_baseline_app()"),
         "mab-vertex-legacy": lambda: make_vertex("mab-vertex-legacy", args, "vertex-legacy", cache=False),
         "mab-vertex-legacy-cache": lambda: make_vertex("mab-vertex-legacy-cache", args, "vertex-legacy", cache=True),

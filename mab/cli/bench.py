@@ -31,6 +31,9 @@ Systems (--systems, comma-separated):
     mab-sync     mab with gunicorn's sync worker
     mab-gthread  mab with gunicorn's gthread worker (4 threads)
     mab-nometrics  mab with its metrics off (MAB_METRICS=0), to measure what they cost
+    mab-decisionlog  mab logging every decision to Parquet files (log_fraction = 1,
+                 mab.decisions), to measure what the decision log costs; the files
+                 are removed when it stops, after their count and size are printed
     mab-vertex-legacy, mab-vertex, mab-vertex-fetch
                  mab on the Vertex AI backends, served by the local stand-in
                  (mab standin, pinned to the load cores, with

@@ -37,7 +37,7 @@ def add_parser(subparsers):
 
 def config_document(config):
     """The effective configuration as a TOML-ready dict: top-level limits,
-    ``stores`` and ``models`` with every setting, defaults included (None
+    ``stores``, ``models`` and ``decision_log`` with every setting, defaults included (None
     settings, such as an unset api_endpoint, are left out since TOML has no
     null). Loading it back gives the same configuration."""
     def table(settings, first=()):
@@ -56,6 +56,7 @@ def config_document(config):
         "cache_dir": config.cache_dir,
         "stores": {name: table(settings, first=("backend",)) for name, settings in config.stores.items()},
         "models": models,
+        "decision_log": table(config.decision_log),
     }
 
 

@@ -61,6 +61,8 @@ def format_answer(answer, served_by=None):
         header.append(f"DEGRADED: {answer.get('degraded_items', 0)} items' features could not be fetched")
     if served_by:
         header.append(f"served by {served_by}")
+    if answer.get("decision_id"):
+        header.append(f"decision {answer['decision_id']}")
     ids = answer.get("item_ids", [])
     scores = answer.get("scores", [])
     width = max([len("item")] + [len(str(i)) for i in ids])

@@ -4,6 +4,7 @@ same code, covers the rest)."""
 
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -51,3 +52,25 @@ def test_runs_from_outside_the_checkout(tmp_path):
     (row,) = result["summary"]
     assert row["requests_per_s"] > 0 and row["errors"] == 0 and row["non_2xx"] == 0
     assert not os.path.exists(f"/proc/{result['server_pids']['mab']}")
+
+
+@needs_wrk
+def test_the_decision_log_system_reports_and_removes_its_files(tmp_path):
+    out = tmp_path / "r.json"
+    run = run_mab("bench", "--systems", "mab-decisionlog", "--connections", "2", "--duration", "1", "--warmup", "0",
+                  "--rounds", "1", "--items", "500", "--ids", "5", "--no-chart", "--out", out,
+                  cwd=tmp_path, timeout=300)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(out.read_text())
+    (row,) = result["summary"]
+    assert row["errors"] == 0 and row["non_2xx"] == 0
+    match = re.search(r"mab-decisionlog: ([\d,]+) decisions logged in [\d.,]+ MB, ([\d,]+) bytes per decision; "
+                      r"files removed", run.stderr)
+    assert match, run.stderr
+    # Every request of the step was logged, and the worker's last file
+    # closed when it stopped (wrk does not count the requests its 2
+    # connections still had in flight when the step ended).
+    (step,) = result["steps"]
+    assert step["requests"] <= int(match[1].replace(",", "")) <= step["requests"] + 2
+    work_dir = result["arguments"]["work_dir"]
+    assert not os.path.exists(os.path.join(work_dir, "mab-decisionlog-decisions"))

@@ -40,6 +40,11 @@ cache_ttl_seconds = 30
 
 [models.default]
 prior_alpha = 2.5
+log_fraction = 0.1
+
+[decision_log]
+directory = "decisions"               # relative to this file
+rotate_seconds = 30
 
 [models.per_user]
 store = "per_user"
@@ -66,6 +71,9 @@ def test_prints_toml_that_reads_back_to_the_same_configuration(tmp_path, config_
     assert printed["stores"]["default"] == {"backend": "embedded", "path": str(tmp_path / "items.csv")}
     assert printed["models"]["per_user"]["entity_id"] == "{user_id}:{item_id}"
     assert "api_endpoint" not in printed["stores"]["remote"]       # unset: TOML has no null
+    assert printed["models"]["default"]["log_fraction"] == 0.1 and printed["models"]["per_user"]["log_fraction"] == 0
+    assert printed["decision_log"] == {"sink": "parquet", "directory": str(tmp_path / "decisions"),
+                                       "rotate_records": 100_000, "rotate_seconds": 30.0, "queue_records": 2048}
     # Read back, from elsewhere, it is the same configuration.
     again = tmp_path / "elsewhere" / "again.toml"
     again.parent.mkdir()
