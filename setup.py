@@ -108,6 +108,7 @@ def build_extensions():
         extension("mab.stores._csv"),
         extension("mab.stores._table"),
         extension("mab.stores._cache"),
+        extension("mab.feedback._shared"),
     ]
     return cythonize(
         extensions,

@@ -56,6 +56,7 @@ def config_document(config):
         "cache_dir": config.cache_dir,
         "stores": {name: table(settings, first=("backend",)) for name, settings in config.stores.items()},
         "models": models,
+        "feedback": table(config.feedback, first=("journal",)),
     }
 
 

@@ -73,6 +73,7 @@ from dataclasses import dataclass
 
 from mab.errors import ConfigError
 from mab.stores._vertex import FAILED, MIN_ATTEMPT_SECONDS, MISSING, VertexSettings, VertexStore, timeout_until
+from mab.stores._vertex.store import GENERATE_TIME
 from mab.stores._vertex.shared_stream import SharedStream
 
 READ_APIS = ("streaming", "fetch")
@@ -275,8 +276,13 @@ class Store(VertexStore):
         """
         position = self._positions.get(features)
         if position is None:
-            position = self._positions[features] = {name: i for i, name in enumerate(features)}
+            position = self._positions[features] = {
+                name: i for i, name in enumerate(features) if name != GENERATE_TIME
+            }
         counts = [None] * len(features)
+        # With a half-life: the oldest generate_time of the counts.
+        timed = len(position) < len(features)
+        oldest = INFINITY
         for pair in entry.key_values.features:
             i = position.get(pair.name)
             if i is None:
@@ -294,7 +300,15 @@ class Store(VertexStore):
             else:
                 break
             counts[i] = number
+            if timed:
+                stamp = value.metadata.generate_time
+                seconds = stamp.seconds + stamp.nanos * 1e-9
+                if not seconds > 0:
+                    break
+                oldest = min(oldest, seconds)
         else:
+            if timed:
+                counts[features.index(GENERATE_TIME)] = oldest
             if None not in counts:
                 return tuple(counts)
         return self._key_counts(key, features, entry)   # missing, or something to check and say
@@ -352,6 +366,9 @@ class Store(VertexStore):
         pairs = {pair.name: pair for pair in message.key_values.features}
         values = []
         for name in features:
+            if name == GENERATE_TIME:
+                values.append(None)         # read from the counts' metadata by _counts
+                continue
             pair = pairs.get(name)
             if pair is None and pairs:
                 # Not a silent zero: the entity has no value for it, and a
