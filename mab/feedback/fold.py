@@ -72,6 +72,8 @@ def fold(csv_path, journal_dir, config, out_path=None):
     invalid CSV or an events file of another journal; ``JournalCorrupt``,
     ``OSError``.
     """
+    if out_path is not None and os.path.abspath(out_path) == os.path.abspath(csv_path):
+        raise DataError(f"{out_path}: write the folded snapshot to a new file, not over the one it is read from")
     models = models_of(config, csv_path)
     if not models:
         raise ConfigError(f"no model of the configuration ({config.source}) reads {csv_path}: the models say "

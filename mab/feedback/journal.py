@@ -99,10 +99,11 @@ def parse_time(text):
     return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
-def encode_line(seq, time_us, event, batch, n):
-    """One event's line (bytes, ending in a line feed), checksummed."""
+def encode_line(seq, time_us, event, batch, n, time_text=None):
+    """One event's line (bytes, ending in a line feed), checksummed.
+    ``time_text``: ``format_time(time_us)`` if the caller has it already."""
     body = orjson.dumps({
-        "seq": seq, "time": format_time(time_us), "decision_id": event.decision_id, "item_id": event.item_id,
+        "seq": seq, "time": time_text or format_time(time_us), "decision_id": event.decision_id, "item_id": event.item_id,
         "reward": event.reward, "model": event.model, "user_id": event.user_id, "batch": batch, "n": n,
     })
     head = body[:-1]
@@ -390,11 +391,18 @@ class Journal:
             self.sync()
 
     def sync(self):
-        """Sync what this process appended and has not synced yet."""
+        """Sync what this process appended and has not synced yet. The
+        sync runs on a duplicate descriptor, outside the lock: appends go on
+        meanwhile (a rotation may close the original)."""
         with self._thread_lock:
-            if self._unsynced and self._fd is not None:
-                os.fdatasync(self._fd)
-                self._unsynced = False
+            if not self._unsynced or self._fd is None:
+                return
+            fd = os.dup(self._fd)
+            self._unsynced = False
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
 
     def close(self):
         self._closing.set()

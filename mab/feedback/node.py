@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 from mab.errors import DataError, Unavailable
 from mab.feedback import _shared
-from mab.feedback.journal import Journal, JournalCorrupt, Position, Record, encode_line
+from mab.feedback.journal import Journal, JournalCorrupt, Position, Record, encode_line, format_time
 from mab.feedback.overlay import ModelOverlay, map_file, overlay_name
 
 log = logging.getLogger(__name__)
@@ -322,11 +322,13 @@ class FeedbackNode:
                     accepted.append((event, key))
                 if not accepted:
                     return result
-                self._check_room([event for event, _ in accepted])
+                entities = self._check_room([event for event, _ in accepted])
                 state = self.state
                 first, n = state.last_seq + 1, len(accepted)
                 time_us = max(now_us, state.last_time_us)
-                data = b"".join(encode_line(first + j, time_us, event, first, n) for j, (event, _) in enumerate(accepted))
+                text = format_time(time_us)
+                data = b"".join(encode_line(first + j, time_us, event, first, n, text)
+                                for j, (event, _) in enumerate(accepted))
                 start = self._position()
                 end = self.journal.append(data, start, first)
                 batch_start = start if end.segment == start.segment else Position(end.segment, 0)
@@ -335,10 +337,12 @@ class FeedbackNode:
                     self.dedup.insert(key[0], key[1], time_us)
                 state.dirty = False
                 last = first + n - 1
-                for overlay in self.overlays.values():
+                for name, overlay in self.overlays.items():
+                    found = entities[name]
                     for j, (event, _) in enumerate(accepted):
                         overlay.apply(Record(first + j, time_us, event.decision_id, event.item_id, event.reward,
-                                             event.model, event.user_id, first, n), batch_start)
+                                             event.model, event.user_id, first, n), batch_start,
+                                      found.get((event.item_id, event.user_id)))
                     overlay.table.advance(last, end.segment, end.offset)
                 state.publish(last, end.segment, end.offset, time_us)
         except (OSError, JournalCorrupt) as exc:
@@ -348,13 +352,19 @@ class FeedbackNode:
         return result
 
     def _check_room(self, events):
+        """Raise ``OverlayFull`` unless every overlay has room for its
+        events' new entities. Returns ``{model: {(item_id, user_id): (row, key)}}``."""
+        entities = {}
         for name, overlay in self.overlays.items():
             new = {}
+            found = entities[name] = {}
             for event in events:
                 if event.model == name:
-                    row, key = overlay.entity(event.item_id, event.user_id)
-                    if overlay.find(row, key) < 0:
-                        new[(row, key)] = 0 if key is None else len(key)
+                    entity = found.get((event.item_id, event.user_id))
+                    if entity is None:
+                        entity = found[(event.item_id, event.user_id)] = overlay.entity(event.item_id, event.user_id)
+                    if overlay.find(*entity) < 0:
+                        new[entity] = 0 if entity[1] is None else len(entity[1])
             if not new:
                 continue
             counters = overlay.table.counters()
@@ -366,6 +376,7 @@ class FeedbackNode:
                     "the journal into a new snapshot (mab data compile --events) and reload",
                     retry_after=60,
                 )
+        return entities
 
     # -- reporting and closing ----------------------------------------------------------------
 

@@ -130,10 +130,11 @@ class ModelOverlay:
         """The entry of an entity, inserted if need be; -1 when the overlay is full."""
         return self.table.entry_for_row(row) if key is None else self.table.entry_for_key(key)
 
-    def apply(self, record, batch_start):
+    def apply(self, record, batch_start, entity=None):
         """Take in one journaled event (a ``journal.Record``): added to its
         entity if it is this model's, else only noted as seen.
-        ``batch_start``: the Position of its batch (read again after a crash)."""
+        ``batch_start``: the Position of its batch (read again after a crash);
+        ``entity``: its ``(row, key)`` if the caller looked it up already."""
         table = self.table
         if record.seq <= table.applied_seq:
             return
@@ -146,7 +147,7 @@ class ModelOverlay:
             table.note_overflow()
             table.advance(record.seq, batch_start.segment, batch_start.offset)
             return
-        row, key = self.entity(record.item_id, record.user_id)
+        row, key = entity or self.entity(record.item_id, record.user_id)
         entry = self.entry(row, key)
         if entry < 0:
             log.error("overlay of model %r is full (overlay_max_entries or overlay_key_bytes): event %d is "
