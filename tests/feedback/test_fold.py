@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 import pytest
 
 from mab.errors import ConfigError, DataError
@@ -11,7 +10,6 @@ from mab.feedback.events import Event
 from mab.feedback.fold import fold
 from mab.model import BetaModel
 from mab.stores import create_store, embedded
-from tests.cli.command import run_mab
 
 SMALL = {"dedup_entries": 1000, "overlay_max_entries": 100, "overlay_key_bytes": 4096}
 IDS = ["item-1", "item-2", "item-3", "brand-new", "never-seen"]
@@ -123,21 +121,3 @@ def test_decayed_counts_fold_to_the_same_posterior(make_config, tmp_path):
     m, node, store, _ = serve(make_config, out, journal, clock=lambda: now[0], half_life_seconds=h)
     assert posterior(m, ["item-1", "item-2", "new"]) == before
     close(node, store)
-
-
-def test_mab_data_compile_events(make_config, items_csv, tmp_path):
-    journal = tmp_path / "journal"
-    m, node, store, config = serve(make_config, items_csv, journal)
-    node.submit([Event("a", "item-2", 1.0)])
-    close(node, store)
-    toml = tmp_path / "mab.toml"
-    toml.write_text(f'cache_dir = "{tmp_path / "cache"}"\n[stores.default]\npath = "{items_csv}"\n'
-                    f'[models.default]\nonline_updates = true\n[feedback]\njournal = "{journal}"\n')
-    result = run_mab("data", "compile", items_csv, "--events", journal, "--config", toml, "--out", tmp_path / "next.csv")
-    assert result.returncode == 0, result.stderr
-    assert "folded 1 events of models default through event 1 into" in result.stdout
-    assert f"into {tmp_path / 'cache'}" in result.stdout
-    assert open(tmp_path / "next.csv").read().splitlines()[2] == "item-2,11,90"
-    bad = run_mab("data", "compile", items_csv, "--out", tmp_path / "x.csv")
-    assert bad.returncode == 1 and "go with --events" in bad.stderr
-    np.testing.assert_array_equal(embedded.compile_csv(str(tmp_path / "next.csv"))[1]["records"]["features"][1], [11, 90])
