@@ -12,7 +12,7 @@ A client reports what became of a decision: ``{"events": [{"decision_id",
 3. appends the rest to its journal (``journal``), synced as configured,
    before it answers;
 4. for models with ``online_updates``, adds them to the model's overlay
-   (``overlay``, ``_shared``): count deltas in shared memory that every
+   (``overlay``, ``_overlay``): count deltas in shared memory that every
    worker's next prediction reads.
 
 A reward ``r`` adds ``r`` to the successes and ``1 - r`` to the failures.

@@ -42,7 +42,6 @@ import fcntl
 import os
 import re
 import threading
-import time
 import uuid
 import zlib
 from dataclasses import dataclass

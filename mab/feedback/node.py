@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 
 from mab.errors import DataError, Unavailable
-from mab.feedback import _shared
+from mab.feedback import _window
 from mab.feedback.journal import Journal, JournalCorrupt, Position, Record, encode_line, format_time
 from mab.feedback.overlay import ModelOverlay, map_file, overlay_name
 
@@ -141,8 +141,8 @@ class FeedbackNode:
         try:
             self._files = [map_file(paths[0])]
             self._files.append(map_file(paths[1]))
-            self.state = _shared.NodeState(self._files[0][0])
-            self.dedup = _shared.DedupWindow(self._files[1][0])
+            self.state = _window.NodeState(self._files[0][0])
+            self.dedup = _window.DedupWindow(self._files[1][0])
             if self.state.journal != (hi, lo) or self.dedup.entries != self.settings.dedup_entries:
                 raise ValueError("another journal, or another window size")
             return
@@ -153,9 +153,9 @@ class FeedbackNode:
         # Built under temporary names and renamed into place when complete.
         start = self.journal.start()
         for path, size, init in (
-            (paths[0], _shared.HEADER_BYTES, lambda b: _shared.init_node(b, hi, lo, start.segment)),
-            (paths[1], _shared.dedup_layout(self.settings.dedup_entries)[1],
-             lambda b: _shared.init_dedup(b, self.settings.dedup_entries)),
+            (paths[0], _window.HEADER_BYTES, lambda b: _window.init_node(b, hi, lo, start.segment)),
+            (paths[1], _window.dedup_layout(self.settings.dedup_entries)[1],
+             lambda b: _window.init_dedup(b, self.settings.dedup_entries)),
         ):
             temporary = f"{path}.{os.getpid()}.tmp"
             buffer, fd = map_file(temporary, size)

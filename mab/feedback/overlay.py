@@ -1,6 +1,6 @@
 """One model's online updates on this node: its overlay file and how events reach it.
 
-The overlay (``mab.feedback._shared.Overlay``) is a file in the node's
+The overlay (``mab.feedback._overlay.Overlay``) is a file in the node's
 state directory that every worker maps: count deltas per entity since the
 model's snapshot, keyed by the snapshot row (the embedded store's compiled
 index gives every request's rows already) or, for an entity the snapshot
@@ -15,7 +15,7 @@ import logging
 import mmap
 import os
 
-from mab.feedback import _shared
+from mab.feedback import _overlay
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ def overlay_name(model_config, store, journal_id, settings):
     key = "|".join(map(str, (
         model_config.name, model_config.successes, model_config.failures, model_config.entity_id.text,
         model_config.half_life_seconds, store.compiled_path, journal_id, settings.overlay_max_entries,
-        settings.overlay_key_bytes, _shared.LAYOUT_VERSION,
+        settings.overlay_key_bytes, _overlay.LAYOUT_VERSION,
     )))
     return f"overlay-{hashlib.sha256(key.encode()).hexdigest()[:20]}.bin"
 
@@ -61,7 +61,7 @@ class ModelOverlay:
         self.store = store
         self.path = path
         self._map, self._fd = map_file(path)
-        self.table = _shared.Overlay(self._map)
+        self.table = _overlay.Overlay(self._map)
         self._parts = {}
 
     @classmethod
@@ -70,11 +70,11 @@ class ModelOverlay:
         renamed into place when complete), empty, taking events after
         ``base_seq`` from journal Position ``start`` on. Under the node's lock."""
         n_rows = store.n_rows
-        layout = _shared.overlay_layout(n_rows, settings.overlay_max_entries, settings.overlay_key_bytes)
+        layout = _overlay.overlay_layout(n_rows, settings.overlay_max_entries, settings.overlay_key_bytes)
         temporary = f"{path}.{os.getpid()}.tmp"
         buffer, fd = map_file(temporary, layout["total"])
         try:
-            _shared.init_overlay(
+            _overlay.init_overlay(
                 buffer, n_rows, settings.overlay_max_entries, settings.overlay_key_bytes,
                 model_config.half_life_seconds or 0.0, base_seq, start.segment, start.offset,
             )

@@ -12,7 +12,6 @@ import time
 
 import numpy as np
 import orjson
-import pytest
 from scipy import integrate, stats
 
 from mab.feedback.journal import Journal

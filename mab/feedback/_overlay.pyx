@@ -1,15 +1,12 @@
-"""Compiled tables in memory shared by every worker of a node (mab.feedback).
+"""Compiled: one model's count deltas in a file every worker of a node maps (mab.feedback).
 
-Two tables live in files that every worker maps (``MAP_SHARED``), so that a
-reward one worker accepts is seen by the next prediction of any worker:
-
-* ``Overlay``: one model's count deltas, per entity, since its snapshot.
-  An entity of the snapshot is found by its row (the embedded store's
-  compiled index already gave it, so a lookup costs one bit of a bitmap
-  and, only for updated rows, one probe); an entity the snapshot lacks
-  (a new item) by its id's bytes, hashed as the store's index hashes them.
-* ``DedupWindow``: the (decision id, item id) keys of recent events, as
-  128-bit digests, in two generations of an open-addressing table.
+``Overlay`` holds, per entity, the rewards the node took in since the
+model's snapshot, so that a reward one worker accepts is seen by the next
+prediction of any worker (``MAP_SHARED``). An entity of the snapshot is
+found by its row (the embedded store's compiled index already gave it, so a
+lookup costs one bit of a bitmap and, only for updated rows, one probe); an
+entity the snapshot lacks (a new item) by its id's bytes, hashed as the
+store's index hashes them.
 
 Concurrency. There is one writer at a time: every change is made under the
 node's lock (an ``flock`` on the journal directory's lock file, taken by
@@ -29,8 +26,7 @@ in the header; after the change it advances ``applied_seq`` and clears the
 record. The next writer finds a valid record and completes it
 (``recover``). Everything else a writer does is either idempotent on replay
 (finding or inserting an entity) or guarded by ``applied_seq`` (events at or
-below it are skipped). The dedup window is rebuilt from the journal when a
-writer died while changing it (the node's ``dirty`` word).
+below it are skipped).
 """
 
 import numpy as np
@@ -41,9 +37,13 @@ from cpython.unicode cimport PyUnicode_Check
 from libc.math cimport exp2
 from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libc.stdlib cimport free, malloc
-from libc.string cimport memcmp, memcpy, memset
+from libc.string cimport memcmp, memcpy
 
 from mab._wire cimport IdSpans
+from mab.feedback._atomic cimport (
+    HEADER, VERSION, fence_acquire, fence_release, load_acquire, load_double, load_relaxed, or_release,
+    store_double, store_relaxed, store_release,
+)
 from mab.stores._hash cimport hash_bytes
 
 cnp.import_array()
@@ -51,47 +51,15 @@ cnp.import_array()
 cdef extern from "Python.h":
     const char *PyUnicode_AsUTF8AndSize(object unicode, Py_ssize_t *size) except NULL
 
-cdef extern from *:
-    """
-    static inline uint64_t mab_load_acquire(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
-    static inline uint64_t mab_load_relaxed(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
-    static inline void mab_store_release(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
-    static inline void mab_store_relaxed(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
-    static inline void mab_fence_acquire(void) { __atomic_thread_fence(__ATOMIC_ACQUIRE); }
-    static inline void mab_fence_release(void) { __atomic_thread_fence(__ATOMIC_RELEASE); }
-    static inline void mab_or_release(uint64_t *p, uint64_t v) { __atomic_fetch_or(p, v, __ATOMIC_RELEASE); }
-    static inline double mab_load_double(const uint64_t *p) {
-        uint64_t w = __atomic_load_n(p, __ATOMIC_RELAXED); double d; __builtin_memcpy(&d, &w, 8); return d;
-    }
-    static inline void mab_store_double(uint64_t *p, double d) {
-        uint64_t w; __builtin_memcpy(&w, &d, 8); __atomic_store_n(p, w, __ATOMIC_RELAXED);
-    }
-    """
-    uint64_t load_acquire "mab_load_acquire"(const uint64_t *p) noexcept nogil
-    uint64_t load_relaxed "mab_load_relaxed"(const uint64_t *p) noexcept nogil
-    void store_release "mab_store_release"(uint64_t *p, uint64_t v) noexcept nogil
-    void store_relaxed "mab_store_relaxed"(uint64_t *p, uint64_t v) noexcept nogil
-    void fence_acquire "mab_fence_acquire"() noexcept nogil
-    void fence_release "mab_fence_release"() noexcept nogil
-    void or_release "mab_or_release"(uint64_t *p, uint64_t v) noexcept nogil
-    double load_double "mab_load_double"(const uint64_t *p) noexcept nogil
-    void store_double "mab_store_double"(uint64_t *p, double d) noexcept nogil
-
-cdef enum:
-    HEADER = 4096
-    VERSION = 1
-# "MABOVL01" and "MABDDP01", little-endian.
+# "MABOVL01", little-endian.
 cdef uint64_t C_OVERLAY_MAGIC = 0x31304C564F42414DULL
-cdef uint64_t C_DEDUP_MAGIC = 0x313050444442414DULL
 
 #: Bytes of a file's header (one page); the tables follow it.
 HEADER_BYTES = HEADER
 #: Increment when a layout below changes (files are rebuilt, never migrated).
 LAYOUT_VERSION = VERSION
 OVERLAY_MAGIC = C_OVERLAY_MAGIC
-DEDUP_MAGIC = C_DEDUP_MAGIC
 assert OVERLAY_MAGIC == int.from_bytes(b"MABOVL01", "little")
-assert DEDUP_MAGIC == int.from_bytes(b"MABDDP01", "little")
 
 # How many times a reader re-reads an entry that a writer holds before it
 # gives up and lets the caller recover a writer that died (``add``); after
@@ -582,206 +550,3 @@ cdef class Overlay:
         self._advance(seq, segment, offset)
         store_release(&self.h[H_UPDATES], self.h[H_UPDATES] + 1)
         store_release(&self.h[H_REDO_VALID], 0)
-
-
-# -- the dedup window -----------------------------------------------------------------
-
-cdef enum:
-    D_MAGIC = 0
-    D_VERSION = 1
-    D_GEN_ENTRIES = 2       # entries per generation
-    D_GEN_SLOTS = 3         # slots per generation (a power of two >= 2 entries)
-    D_CURRENT = 4           # the generation inserted into (0 or 1)
-    D_COUNT = 5             # entries in the current generation
-    D_TOTAL_BYTES = 6
-    SLOT_WORDS = 3          # h1, h2, time in microseconds
-
-
-def dedup_layout(uint64_t entries):
-    """(slots per generation, total bytes) of a window remembering at least ``entries`` keys."""
-    cdef uint64_t slots = 8
-    while slots < 2 * entries:
-        slots *= 2
-    return slots, HEADER_BYTES + 2 * slots * SLOT_WORDS * 8
-
-
-def init_dedup(buffer, uint64_t entries):
-    """Write the header of a new, zeroed dedup window mapped as ``buffer``."""
-    slots, total = dedup_layout(entries)
-    cdef uint8_t[::1] view = buffer
-    if <uint64_t>view.shape[0] < total:
-        raise ValueError(f"the buffer has {view.shape[0]} bytes; the window needs {total}")
-    cdef uint64_t *h = <uint64_t *>&view[0]
-    h[D_VERSION] = LAYOUT_VERSION
-    h[D_GEN_ENTRIES] = entries
-    h[D_GEN_SLOTS] = slots
-    h[D_TOTAL_BYTES] = total
-    store_release(&h[D_MAGIC], C_DEDUP_MAGIC)
-
-
-cdef class DedupWindow:
-    """The keys of recent events: 128-bit digests (``h1``, ``h2``) of
-    (decision id, item id), each with its time in microseconds.
-
-    Two generations of ``entries`` keys each: keys go into the current one;
-    when it is full, the other is emptied and becomes current. So the last
-    ``entries`` keys at least, and ``2 * entries`` at most, are remembered,
-    and nothing is ever deleted from a table (linear probing without
-    tombstones). Only the writer touches it, under the node's lock.
-    """
-
-    cdef uint8_t[::1] _view
-    cdef uint64_t *h
-    cdef uint64_t *tables
-    cdef uint64_t slots
-    cdef uint64_t mask
-    cdef readonly uint64_t entries
-
-    def __init__(self, buffer):
-        cdef uint8_t[::1] view = buffer
-        if view.shape[0] < HEADER:
-            raise ValueError("not a dedup window: shorter than its header")
-        self._view = view
-        self.h = <uint64_t *>&view[0]
-        if load_acquire(&self.h[D_MAGIC]) != C_DEDUP_MAGIC or self.h[D_VERSION] != VERSION:
-            raise ValueError("not a dedup window of this version (or not completely written)")
-        if <uint64_t>view.shape[0] < self.h[D_TOTAL_BYTES]:
-            raise ValueError("the dedup file is shorter than its header says")
-        self.tables = <uint64_t *>(&view[0] + HEADER)
-        self.entries = self.h[D_GEN_ENTRIES]
-        self.slots = self.h[D_GEN_SLOTS]
-        self.mask = self.slots - 1
-
-    cdef inline int64_t _find(self, uint64_t generation, uint64_t h1, uint64_t h2) noexcept nogil:
-        cdef uint64_t *table = self.tables + generation * self.slots * SLOT_WORDS
-        cdef uint64_t i = h1 & self.mask
-        cdef uint64_t *slot
-        while True:
-            slot = table + i * SLOT_WORDS
-            if slot[0] == 0 and slot[1] == 0:
-                return -1
-            if slot[0] == h1 and slot[1] == h2:
-                return <int64_t>i
-            i = (i + 1) & self.mask
-
-    def time_of(self, uint64_t h1, uint64_t h2):
-        """The time (microseconds) of the latest event with this key, or -1."""
-        cdef uint64_t current = self.h[D_CURRENT], generation
-        cdef int64_t i
-        for generation in (current, 1 - current):
-            i = self._find(generation, h1, h2)
-            if i >= 0:
-                return <int64_t>self.tables[(generation * self.slots + i) * SLOT_WORDS + 2]
-        return -1
-
-    def insert(self, uint64_t h1, uint64_t h2, uint64_t time_us):
-        """Remember a key (``h1 | h2`` must not be 0)."""
-        if h1 == 0 and h2 == 0:
-            raise ValueError("the all-zero key marks an empty slot")
-        cdef uint64_t current = self.h[D_CURRENT]
-        cdef int64_t i = self._find(current, h1, h2)
-        cdef uint64_t *table
-        cdef uint64_t j
-        if i < 0:
-            if self.h[D_COUNT] >= self.entries:
-                current = 1 - current
-                memset(self.tables + current * self.slots * SLOT_WORDS, 0, self.slots * SLOT_WORDS * 8)
-                self.h[D_CURRENT] = current
-                self.h[D_COUNT] = 0
-            table = self.tables + current * self.slots * SLOT_WORDS
-            j = h1 & self.mask
-            while table[j * SLOT_WORDS] != 0 or table[j * SLOT_WORDS + 1] != 0:
-                j = (j + 1) & self.mask
-            table[j * SLOT_WORDS] = h1
-            table[j * SLOT_WORDS + 1] = h2
-            table[j * SLOT_WORDS + 2] = time_us
-            self.h[D_COUNT] += 1
-        else:
-            self.tables[(current * self.slots + i) * SLOT_WORDS + 2] = time_us
-
-    def clear(self):
-        memset(self.tables, 0, 2 * self.slots * SLOT_WORDS * 8)
-        self.h[D_CURRENT] = 0
-        self.h[D_COUNT] = 0
-
-
-# -- the node's state ---------------------------------------------------------------
-
-cdef enum:
-    N_MAGIC = 0
-    N_VERSION = 1
-    N_JOURNAL_HI = 2        # the journal's id (128 bits)
-    N_JOURNAL_LO = 3
-    N_LAST_SEQ = 4          # the last event taken into the dedup window
-    N_POS_SEGMENT = 5       # where the journal continues after it
-    N_POS_OFFSET = 6
-    N_LAST_TIME = 7         # its time, microseconds
-    N_DIRTY = 8             # 1 while the dedup window is being changed
-# "MABNOD01", little-endian.
-cdef uint64_t C_NODE_MAGIC = 0x3130444F4E42414DULL
-NODE_MAGIC = C_NODE_MAGIC
-assert NODE_MAGIC == int.from_bytes(b"MABNOD01", "little")
-
-
-def init_node(buffer, uint64_t journal_hi, uint64_t journal_lo, uint64_t pos_segment):
-    """Write the header of a new, zeroed node state (one page) for the journal ``(hi, lo)``."""
-    cdef uint8_t[::1] view = buffer
-    if view.shape[0] < HEADER:
-        raise ValueError("the node state needs a page")
-    cdef uint64_t *h = <uint64_t *>&view[0]
-    h[N_VERSION] = VERSION
-    h[N_JOURNAL_HI] = journal_hi
-    h[N_JOURNAL_LO] = journal_lo
-    h[N_POS_SEGMENT] = pos_segment
-    store_release(&h[N_MAGIC], C_NODE_MAGIC)
-
-
-cdef class NodeState:
-    """The node's progress through the journal, shared by every worker:
-    the last event the dedup window holds, and where the journal goes on.
-    Written under the node's lock; ``last_seq`` is read by predictions."""
-
-    cdef uint8_t[::1] _view
-    cdef uint64_t *h
-
-    def __init__(self, buffer):
-        cdef uint8_t[::1] view = buffer
-        if view.shape[0] < HEADER:
-            raise ValueError("not a node state: shorter than a page")
-        self._view = view
-        self.h = <uint64_t *>&view[0]
-        if load_acquire(&self.h[N_MAGIC]) != C_NODE_MAGIC or self.h[N_VERSION] != VERSION:
-            raise ValueError("not a node state of this version (or not completely written)")
-
-    @property
-    def journal(self):
-        return self.h[N_JOURNAL_HI], self.h[N_JOURNAL_LO]
-
-    @property
-    def last_seq(self):
-        return load_acquire(&self.h[N_LAST_SEQ])
-
-    @property
-    def position(self):
-        return load_acquire(&self.h[N_POS_SEGMENT]), load_acquire(&self.h[N_POS_OFFSET])
-
-    @property
-    def last_time_us(self):
-        return load_acquire(&self.h[N_LAST_TIME])
-
-    @property
-    def dirty(self):
-        return bool(load_acquire(&self.h[N_DIRTY]))
-
-    @dirty.setter
-    def dirty(self, bint value):
-        store_release(&self.h[N_DIRTY], value)
-
-    def publish(self, uint64_t last_seq, uint64_t segment, uint64_t offset, uint64_t last_time_us):
-        """Record progress: the sequence number first, so that a writer
-        killed in between leaves the position behind (the batch is read
-        again, and inserting its keys again changes nothing), never ahead."""
-        store_release(&self.h[N_LAST_TIME], last_time_us)
-        store_release(&self.h[N_LAST_SEQ], last_seq)
-        store_release(&self.h[N_POS_SEGMENT], segment)
-        store_release(&self.h[N_POS_OFFSET], offset)
