@@ -244,3 +244,50 @@ def test_kill_9_and_restart_apply_every_journaled_event_exactly_once(tmp_path):
         assert status == 200 and answer["accepted"] == 0 and answer["duplicates"] == list(range(5))
     finally:
         server.stop()
+
+
+def test_a_fold_then_a_reload_serves_the_same_posterior_and_starts_the_overlay_again(tmp_path):
+    from mab.config import load_config
+    from mab.feedback.fold import fold
+
+    config = write_config(tmp_path)
+    server = start(tmp_path, config)
+    try:
+        events = [{"decision_id": f"f{k}", "item_id": item, "reward": k % 5 / 4}
+                  for k, item in enumerate(["target", "rival", "brand-new"] * 4)]
+        status, _, answer = post_json(server, "/feedback", {"events": events})
+        assert status == 200 and answer["accepted"] == 12
+        items = IDS + ["brand-new"]
+        before = per_worker(server, worker_ids(server), 3, lambda k: {"item_ids": items, "seed": 100 + k})
+        # Fold while the server runs, point the store at the new file, reload.
+        folded = fold(str(tmp_path / "items.csv"), str(tmp_path / "journal"), load_config({"MAB_CONFIG": str(config)}))
+        config.write_text(config.read_text().replace('path = "items.csv"', f'path = "{os.path.basename(folded["out"])}"'))
+        os.kill(server.process.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 120
+        while True:
+            assert time.monotonic() < deadline, server.output()
+            ready = [orjson.loads(server.request("GET", "/ready")[2]) for _ in range(6)]
+            if all(r.get("stores", {}).get("default", {}).get("source") == folded["out"] for r in ready):
+                break
+            time.sleep(0.2)
+        workers = worker_ids(server)
+        overlay = ready[0]["feedback"]["overlays"]["default"]
+        assert (overlay["base_seq"], overlay["updates"]) == (12, 0)
+        after = per_worker(server, workers, 3, lambda k: {"item_ids": items, "seed": 100 + k})
+        answers = {sent["seed"]: answer for got in before.values() for sent, answer in got}
+        compared = 0
+        for got in after.values():
+            for sent, answer in got:
+                if sent["seed"] in answers:
+                    assert answer["scores"] == answers[sent["seed"]]["scores"]
+                    assert answer["item_ids"] == answers[sent["seed"]]["item_ids"]
+                    compared += 1
+        assert compared >= 3
+        # New rewards reach the new overlay; the old keys are still duplicates.
+        status, _, answer = post_json(server, "/feedback", {"events": events[:2] + [
+            {"decision_id": "g", "item_id": "brand-new", "reward": 1}]})
+        assert status == 200 and (answer["accepted"], answer["duplicates"]) == (1, [0, 1])
+        ready = orjson.loads(server.request("GET", "/ready")[2])
+        assert ready["feedback"]["overlays"]["default"]["updates"] == 1
+    finally:
+        server.stop()
