@@ -108,6 +108,8 @@ def build_extensions():
         extension("mab.stores._csv"),
         extension("mab.stores._table"),
         extension("mab.stores._cache"),
+        extension("mab.feedback._overlay"),
+        extension("mab.feedback._window"),
     ]
     return cythonize(
         extensions,

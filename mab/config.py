@@ -51,6 +51,9 @@ The TOML layout::
                                      # "prior" (degraded answer)
     log_fraction = 0.0               # share of decisions written to the
                                      # decision log (mab.decisions), 0 to 1
+    online_updates = false           # true: rewards from POST /feedback reach this
+                                     # model's counts at once (embedded store only)
+    half_life_seconds = 86400.0      # discount counts by their age (default: none)
 
     [decision_log]                   # where logged decisions go (docs/decisions.md)
     sink = "parquet"                 # or "jsonl": JSON Lines on standard output
@@ -59,6 +62,19 @@ The TOML layout::
     rotate_seconds = 300             # ... or this many seconds (0: no limit)
     queue_records = 2048             # decisions waiting per worker; more are dropped
     compression = "zstd"             # parquet: zstd, snappy, lz4, gzip, brotli, none
+
+    [feedback]                       # POST /feedback (mab.feedback, docs/feedback.md)
+    journal = "/var/lib/mab/journal" # the node's durable journal of rewards (a directory)
+    fsync = "batch"                  # "batch" (before each answer), "interval" or "never"
+    fsync_interval_ms = 100          # with fsync = "interval"
+    segment_bytes = 67108864         # a journal segment file is rotated past this size
+    dedup_entries = 200000           # (decision_id, item_id) remembered: at least this many ...
+    dedup_seconds = 3600.0           # ... unless older than this (0: no age limit)
+    max_events = 1000                # events in one request
+    overlay_max_entries = 200000     # entities with online updates per model, until a fold
+    overlay_key_bytes = 16777216     # bytes of ids of new entities (not in the CSV) per model
+    state_dir = "/dev/shm"           # the shared overlay and dedup window files
+                                     # (default: CACHE_DIR/feedback-state)
 
 Vertex stores authenticate with Application Default Credentials; their
 settings are validated here, their clients are created in each worker.
@@ -85,6 +101,7 @@ ENVIRONMENT = {
     "MAB_CACHE_DIR": "directory for compiled copies of embedded stores",
     "MAB_MAX_ITEMS": "most item_ids accepted in one request",
     "MAB_MAX_BODY_BYTES": "largest request body accepted, in bytes",
+    "MAB_FEEDBACK_JOURNAL": "directory of the journal of rewards (POST /feedback)",
 }
 
 DEFAULT_MAX_ITEMS = 10_000
@@ -159,6 +176,12 @@ class ModelConfig:
     # (mab.decisions): decision d is logged iff
     # int(d[:16], 16) / 2**64 < log_fraction. 0: none.
     log_fraction: float = 0.0
+    # Rewards from POST /feedback enter this model's counts on this node at
+    # once (mab.feedback): embedded stores only.
+    online_updates: bool = False
+    # Counts are discounted by their age, 2**(-age / half_life_seconds);
+    # None: no decay.
+    half_life_seconds: float | None = None
 
 
 #: Sinks of the decision log, and the Parquet compressions it accepts
@@ -187,6 +210,33 @@ class DecisionLogConfig:
     compression: str | None = None
 
 
+FSYNC_POLICIES = ("batch", "interval", "never")
+
+
+def default_state_dir(cache_dir):
+    """Where the node's shared feedback state lives by default: beside the
+    compiled snapshots, which every worker maps too. /dev/shm keeps it in
+    memory, but containers often give it 64 MiB only (docs/feedback.md)."""
+    return os.path.join(cache_dir, "feedback-state")
+
+
+@dataclass(frozen=True)
+class FeedbackConfig:
+    """The ``[feedback]`` table: POST /feedback's journal, dedup window,
+    limits and shared state (mab.feedback; docs/feedback.md)."""
+
+    journal: str                        # a directory
+    state_dir: str
+    fsync: str = "batch"
+    fsync_interval_ms: int = 100
+    segment_bytes: int = 64 * 1024 * 1024
+    dedup_entries: int = 200_000
+    dedup_seconds: float = 3600.0
+    max_events: int = 1000
+    overlay_max_entries: int = 200_000
+    overlay_key_bytes: int = 16 * 1024 * 1024
+
+
 @dataclass(frozen=True)
 class Config:
     stores: dict            # name -> the backend's settings object
@@ -201,6 +251,7 @@ class Config:
     def logs_decisions(self):
         """Whether any model logs decisions (a log_fraction above 0)."""
         return any(model.log_fraction > 0 for model in self.models.values())
+    feedback: FeedbackConfig | None = None   # None: built from the defaults by load_config
 
 
 # -- parsing helpers -----------------------------------------------------------
@@ -249,8 +300,13 @@ def _parse_model(name, table):
         entity_id=EntityTemplate(_take(table, "entity_id", str, where, "{item_id}")),
         on_store_error=_take(table, "on_store_error", str, where, "fail"),
         log_fraction=_take(table, "log_fraction", float, where, 0.0),
+        online_updates=_take(table, "online_updates", bool, where, False),
+        half_life_seconds=_take(table, "half_life_seconds", float, where, None),
     )
     _reject_unknown(table, where)
+    half_life = model.half_life_seconds
+    if half_life is not None and not (0.0 < half_life < float("inf")):
+        raise ConfigError(f"{where}.half_life_seconds must be > 0 and finite, got {half_life!r}")
     for key in ("prior_alpha", "prior_beta"):
         value = getattr(model, key)
         if not 0.0 < value <= MAX_PRIOR:
@@ -291,6 +347,34 @@ def _parse_decision_log(table, base_dir):
             f"{where}.compression must be one of {', '.join(DECISION_COMPRESSIONS)}, got {settings.compression!r}"
         )
     return settings
+def _parse_feedback(table, environ, base_dir, cache_dir):
+    where = "feedback"
+    table = dict(table)
+    journal = _take(table, "journal", str, where, None)
+    if environ.get("MAB_FEEDBACK_JOURNAL"):
+        journal = os.path.abspath(environ["MAB_FEEDBACK_JOURNAL"])
+    elif journal is not None:
+        journal = os.path.join(base_dir, os.path.expanduser(journal))
+    else:
+        journal = os.path.join(cache_dir, "feedback-journal")
+    state_dir = _take(table, "state_dir", str, where, None)
+    state_dir = default_state_dir(cache_dir) if state_dir is None else os.path.join(base_dir, state_dir)
+    values = {}
+    for key in ("fsync_interval_ms", "segment_bytes", "dedup_entries", "max_events",
+                "overlay_max_entries", "overlay_key_bytes"):
+        if key in table:
+            values[key] = _positive_int(table.pop(key), f"{where}.{key}")
+    fsync = _take(table, "fsync", str, where, "batch")
+    if fsync not in FSYNC_POLICIES:
+        raise ConfigError(f"{where}.fsync must be one of {', '.join(map(repr, FSYNC_POLICIES))}, got {fsync!r}")
+    dedup_seconds = _take(table, "dedup_seconds", float, where, 3600.0)
+    if not 0.0 <= dedup_seconds < float("inf"):
+        raise ConfigError(f"{where}.dedup_seconds must be >= 0 and finite (0: no age limit), got {dedup_seconds!r}")
+    _reject_unknown(table, where)
+    if values.get("overlay_max_entries", 1) >= 2**31:
+        raise ConfigError(f"{where}.overlay_max_entries must be < 2**31")
+    return FeedbackConfig(journal=os.path.abspath(journal), state_dir=os.path.abspath(state_dir),
+                          fsync=fsync, dedup_seconds=dedup_seconds, **values)
 
 
 def _parse_store(name, table, base_dir):
@@ -340,6 +424,7 @@ def _config_from_document(document, environ, source, base_dir):
     decision_log_table = document.pop("decision_log", {})
     if not isinstance(decision_log_table, dict):
         raise ConfigError(f"decision_log must be a table, got {decision_log_table!r}")
+    feedback_table = dict(document.pop("feedback", {}) or {})
     _reject_unknown(document, "top level")
 
     # The environment overrides the file.
@@ -366,6 +451,13 @@ def _config_from_document(document, environ, source, base_dir):
                 f"models.{model.name}.store: no store named {model.store!r} "
                 f"(configured: {', '.join(sorted(stores))})"
             )
+        if model.online_updates and stores[model.store].backend != "embedded":
+            raise ConfigError(
+                f"models.{model.name}.online_updates: only a model on an embedded store can take online "
+                f"updates (store {model.store!r} is {stores[model.store].backend!r}); across nodes the "
+                "feature store is the shared state (docs/feedback.md)"
+            )
+    cache_dir = os.path.abspath(cache_dir)
     decision_log = _parse_decision_log(decision_log_table, base_dir)
     if decision_log.sink == "parquet" and decision_log.directory is None:
         logging_models = [model.name for model in models.values() if model.log_fraction > 0]
@@ -379,7 +471,8 @@ def _config_from_document(document, environ, source, base_dir):
         models=models,
         max_items=max_items,
         max_body_bytes=max_body,
-        cache_dir=os.path.abspath(cache_dir),
+        cache_dir=cache_dir,
         source=source,
         decision_log=decision_log,
+        feedback=_parse_feedback(feedback_table, environ, base_dir, cache_dir),
     )

@@ -143,8 +143,34 @@ def on_starting(server):
         directory = check_decision_log(config)
         if directory is not None:
             server.log.info("decision log: Parquet files in %s", directory)
+        _prepare_feedback(server, config, fresh=True)
     except MabError as exc:
         sys.exit(f"mab: {exc.message}")
+    except Exception as exc:        # the journal: JournalCorrupt, OSError
+        sys.exit(f"mab: feedback: {exc}")
+
+
+# -- Feedback (mab.feedback) -----------------------------------------------------
+#
+# The node's journal of rewards is the truth; the dedup window and the
+# overlays of models with online_updates are rebuilt from it, in the master,
+# before any worker forks: at start from scratch (a restart replays the
+# journal into fresh state, nothing lost, nothing applied twice), and on a
+# reload for the snapshots the new workers will serve. Nothing is done for a
+# server that has never taken feedback and has no online model.
+
+
+def _prepare_feedback(server, config, *, fresh):
+    from mab.feedback import prepare_node
+
+    online = any(model.online_updates for model in config.models.values())
+    if not online and not os.path.isdir(config.feedback.journal):
+        return
+    described = prepare_node(config, fresh=fresh)
+    server.log.info(
+        "feedback: journal %s replayed through event %d; online models: %s",
+        described["journal"], described["last_seq"], ", ".join(described["overlays"]) or "none",
+    )
 
 
 # -- Metrics (mab.metrics) --------------------------------------------------------
@@ -203,10 +229,16 @@ def on_reload(server):
     from mab.preflight import check_embedded_stores
 
     try:
-        for name, path in check_embedded_stores(load_config()).items():
+        config = load_config()
+        for name, path in check_embedded_stores(config).items():
             server.log.info("store %r: checked again, compiled into %s", name, path)
     except MabError as exc:
         server.log.error("mab: reload: %s; workers keep serving the data checked before", exc.message)
+        return
+    try:
+        _prepare_feedback(server, config, fresh=False)
+    except Exception as exc:
+        server.log.error("mab: reload: feedback: %s", exc)
 
 
 def post_fork(server, worker):

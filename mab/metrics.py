@@ -53,7 +53,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # Routes by their path; anything else is "other", so a scanner's paths
 # cannot grow the label set without bound.
-ROUTES = ("/predict", "/health", "/ready", "/openapi.json", "/metrics")
+ROUTES = ("/predict", "/feedback", "/health", "/ready", "/openapi.json", "/metrics")
 STAGES = ("parse", "fetch", "sample", "rank", "encode")
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

@@ -269,6 +269,9 @@ class PredictionService:
         if decision_log is not None:
             decision_log.bind(self.models)
         self.sampler_threads = sampling.resolve_n_threads()
+        # mab.feedback.FeedbackNode (set by mab.web.create_app): opened by
+        # load(), which gives models with online_updates their overlays.
+        self.feedback = None
         self._ready = threading.Event()
         self._load_error = None
         self._loaded_in = None
@@ -286,12 +289,23 @@ class PredictionService:
                 log.info("store %r ready: %s", name, store.describe())
             for model in self.models.values():
                 model.check()
+            if self.feedback is not None:
+                self._open_feedback()
         except Exception as exc:
             self._load_error = exc
             log.error("loading failed: %s", exc)
             raise
         self._loaded_in = time.perf_counter() - start
         self._ready.set()
+
+    def _open_feedback(self):
+        online = [name for name, model in self.models.items() if model.config.online_updates]
+        if not online:
+            return          # opened by the first POST /feedback
+        self.feedback.open(self.stores)
+        self.feedback.start()
+        for name in online:
+            self.models[name].overlay = self.feedback.overlays[name]
 
     def load_in_background(self):
         """Start loading in a daemon thread; /ready answers 503 until it is done."""
@@ -316,12 +330,23 @@ class PredictionService:
 
     def close(self):
         self.close_decision_log()
+        if self.feedback is not None:
+            for model in self.models.values():
+                model.overlay = None
+            self.feedback.close()
         for store in self.stores.values():
             store.close()
 
     @property
     def ready(self):
         return self._ready.is_set()
+
+    def check_ready(self):
+        """Raise ``NotReady`` unless every model and store has loaded."""
+        if not self._ready.is_set():
+            if self._load_error is not None:
+                raise NotReady(f"the service failed to load: {self._load_error}", code="load_failed", retry_after=30)
+            raise NotReady("the service is still loading its models")
 
     def readiness(self):
         """(ready, details) for the readiness probe."""
@@ -334,6 +359,8 @@ class PredictionService:
             details["status"] = "ready"
             details["stores"] = {name: store.describe() for name, store in self.stores.items()}
             details["loaded_in_seconds"] = round(self._loaded_in, 3)
+            if self.feedback is not None:
+                details["feedback"] = self.feedback.describe()
         elif self._load_error is not None:
             details["status"] = "failed"
             details["error"] = str(self._load_error)

@@ -34,6 +34,8 @@ from mab.sampling import sample_beta
 from mab._wire import IdSpans
 from mab.service import PredictionService, read_prediction_request
 from mab.stores import create_store
+from mab.feedback import FeedbackNode
+from mab.feedback.events import read_feedback_request
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +97,10 @@ def serialize_error(req, resp, exception):
             message = f"{req.method} is not allowed on {req.path}" + (f" (allowed: {allowed})" if allowed else "")
         else:
             message = exception.title
-    resp.data = orjson.dumps({"error": {"code": code, "message": message}})
+    error = {"code": code, "message": message}
+    # Where in the body the error is (POST /feedback: the event's index and field).
+    error.update(getattr(exception, "mab_details", None) or {})
+    resp.data = orjson.dumps({"error": error})
     resp.content_type = JSON
 
 
@@ -109,7 +114,9 @@ def handle_domain_error(req, resp, exception, params):
     headers = None
     if isinstance(exception, Unavailable):
         headers = {"Retry-After": str(exception.retry_after)}
-    raise falcon.HTTPError(status, description=exception.message, code=exception.code, headers=headers)
+    error = falcon.HTTPError(status, description=exception.message, code=exception.code, headers=headers)
+    error.mab_details = getattr(exception, "details", None)
+    raise error
 
 
 def read_json_body(req, max_bytes):
@@ -181,6 +188,32 @@ class PredictionResource:
         resp.set_header("X-Served-By", served_by())
 
 
+class FeedbackResource:
+    """POST /feedback: a batch of rewards, journaled before the answer (mab.feedback)."""
+
+    def __init__(self, service, feedback, *, max_body_bytes):
+        self.service = service
+        self.feedback = feedback
+        self.max_body_bytes = max_body_bytes
+        self.max_events = service.config.feedback.max_events
+
+    def on_post(self, req, resp):
+        service = self.service
+        # Online updates need the models' stores: nothing is taken in before.
+        service.check_ready()
+        events = read_feedback_request(read_json_body(req, self.max_body_bytes), service.config.models, self.max_events)
+        req.env[mab_metrics.MODEL_KEY] = events[0].model
+        result = self.feedback.submit(events)
+        resp.data = orjson.dumps({
+            "accepted": result.accepted,
+            "duplicates": result.duplicates,
+            "first_seq": result.first_seq,
+            "last_seq": result.last_seq,
+        })
+        resp.content_type = JSON
+        resp.set_header("X-Served-By", served_by())
+
+
 class HealthResource:
     """GET /health: liveness. Never touches a store."""
 
@@ -211,10 +244,12 @@ class ReadinessResource:
 class OpenAPIResource:
     """GET /openapi.json: the API's OpenAPI 3 document, with this service's limits."""
 
-    def __init__(self, *, max_items):
+    def __init__(self, *, max_items, max_events=None):
         document = load_openapi_document()
         schema = document["components"]["schemas"]["PredictionRequest"]["properties"]["item_ids"]
         schema["maxItems"] = max_items
+        if max_events is not None:
+            document["components"]["schemas"]["FeedbackRequest"]["properties"]["events"]["maxItems"] = max_events
         self.document = orjson.dumps(document)
 
     def on_get(self, req, resp):
@@ -296,6 +331,7 @@ def create_app(config, *, stores=None, sampler=sample_beta, load="background", m
         config, stores if stores is not None else create_stores(config), sampler=sampler,
         decision_log=decision_log,
     )
+    service.feedback = FeedbackNode(config)
     recorder = None
     if metrics:
         recorder = mab_metrics.Recorder(
@@ -312,9 +348,10 @@ def create_app(config, *, stores=None, sampler=sample_beta, load="background", m
         "/predict",
         PredictionResource(service, max_items=config.max_items, max_body_bytes=config.max_body_bytes),
     )
+    app.add_route("/feedback", FeedbackResource(service, service.feedback, max_body_bytes=config.max_body_bytes))
     app.add_route("/health", HealthResource())
     app.add_route("/ready", ReadinessResource(service))
-    app.add_route("/openapi.json", OpenAPIResource(max_items=config.max_items))
+    app.add_route("/openapi.json", OpenAPIResource(max_items=config.max_items, max_events=config.feedback.max_events))
     if recorder is not None:
         app.add_route("/metrics", mab_metrics.MetricsResource(recorder, served_by))
         if recorder.multiprocess:

@@ -86,6 +86,19 @@ entity_id = "{{user_id}}:{{item_id}}"
         ({"decision_log": {"compression": "zip"}}, {"MAB_DATA": "x.csv"}, r"decision_log\.compression must be one of"),
         ({"decision_log": {"dir": "x"}}, {"MAB_DATA": "x.csv"}, r"decision_log: unknown setting.*dir"),
         ({"decision_log": "on"}, {"MAB_DATA": "x.csv"}, r"decision_log must be a table"),
+        ({"models": {"default": {"half_life_seconds": 0}}}, {"MAB_DATA": "x.csv"}, r"half_life_seconds must be > 0 and finite"),
+        ({"models": {"default": {"half_life_seconds": float("inf")}}}, {"MAB_DATA": "x.csv"}, r"half_life_seconds must be > 0"),
+        ({"models": {"default": {"online_updates": 1}}}, {"MAB_DATA": "x.csv"}, r"online_updates must be bool"),
+        ({"stores": {"default": {"backend": "vertex", "project": "p", "location": "l", "feature_online_store": "s",
+                                 "feature_view": "v"}},
+          "models": {"default": {"online_updates": True}}}, {}, r"models\.default\.online_updates: only a model on an embedded"),
+        ({"feedback": {"fsync": "sometimes"}}, {"MAB_DATA": "x.csv"}, r"feedback\.fsync must be one of 'batch', 'interval', 'never'"),
+        ({"feedback": {"dedup_entries": 0}}, {"MAB_DATA": "x.csv"}, r"feedback\.dedup_entries must be an integer >= 1"),
+        ({"feedback": {"dedup_seconds": -1}}, {"MAB_DATA": "x.csv"}, r"feedback\.dedup_seconds must be >= 0"),
+        ({"feedback": {"max_events": True}}, {"MAB_DATA": "x.csv"}, r"feedback\.max_events must be an integer >= 1"),
+        ({"feedback": {"overlay_max_entries": 2**31}}, {"MAB_DATA": "x.csv"}, r"overlay_max_entries must be < 2\*\*31"),
+        ({"feedback": {"journal": 5}}, {"MAB_DATA": "x.csv"}, r"feedback\.journal must be str"),
+        ({"feedback": {"sync": "never"}}, {"MAB_DATA": "x.csv"}, r"feedback: unknown setting.*sync"),
     ],
 )
 def test_invalid_configurations(make_config, document, environ, message):
@@ -127,6 +140,35 @@ def test_decision_logging_is_off_by_default(make_config, items_csv):
     # JSON Lines needs no directory.
     assert make_config({"models": {"default": {"log_fraction": 1}}, "decision_log": {"sink": "jsonl"}},
                        MAB_DATA=str(items_csv)).logs_decisions
+
+
+def test_feedback_settings(make_config, items_csv, tmp_path):
+    config = make_config(MAB_DATA=str(items_csv))
+    feedback = config.feedback
+    assert feedback.journal == os.path.join(config.cache_dir, "feedback-journal")
+    assert feedback.state_dir == os.path.join(config.cache_dir, "feedback-state")
+    assert (feedback.fsync, feedback.dedup_entries, feedback.dedup_seconds, feedback.max_events) == ("batch", 200_000, 3600.0, 1000)
+    model = config.models["default"]
+    assert (model.online_updates, model.half_life_seconds) == (False, None)
+    path = tmp_path / "mab.toml"
+    path.write_text(f"""
+[stores.default]
+path = "{items_csv.name}"
+[models.default]
+online_updates = true
+half_life_seconds = 86400
+[feedback]
+journal = "rewards"
+state_dir = "/dev/shm"
+fsync = "interval"
+fsync_interval_ms = 20
+""")
+    config = load_config({"MAB_CONFIG": str(path)})
+    assert config.feedback.journal == str(tmp_path / "rewards")      # relative to the file
+    assert (config.feedback.state_dir, config.feedback.fsync, config.feedback.fsync_interval_ms) == ("/dev/shm", "interval", 20)
+    assert (config.models["default"].online_updates, config.models["default"].half_life_seconds) == (True, 86400.0)
+    config = load_config({"MAB_CONFIG": str(path), "MAB_FEEDBACK_JOURNAL": "elsewhere"})
+    assert config.feedback.journal == os.path.abspath("elsewhere")
 
 
 def test_unreadable_and_invalid_files(tmp_path):

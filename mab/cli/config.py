@@ -57,6 +57,7 @@ def config_document(config):
         "stores": {name: table(settings, first=("backend",)) for name, settings in config.stores.items()},
         "models": models,
         "decision_log": table(config.decision_log),
+        "feedback": table(config.feedback, first=("journal",)),
     }
 
 

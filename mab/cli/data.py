@@ -49,6 +49,17 @@ def add_parser(subparsers):
     )
     compile_.add_argument("csv", metavar="CSV", help="the CSV file")
     compile_.add_argument("--cache-dir", metavar="DIR", help=cache_dir_help)
+    compile_.add_argument(
+        "--events", metavar="JOURNAL",
+        help="first fold the rewards of this journal directory (POST /feedback) into a new CSV, with an "
+             "events file beside it saying up to which event it holds them, and compile that; the models "
+             "of the configuration (MAB_CONFIG or --config) that read CSV say which columns the events add "
+             "to. Serve the new file (point the store at it, then reload or restart): each online model's "
+             "overlay then starts from it (docs/feedback.md)",
+    )
+    compile_.add_argument("--out", metavar="NEW_CSV",
+                          help="with --events: the new CSV (default: beside CSV, named by the last event folded)")
+    compile_.add_argument("--config", metavar="FILE", help="with --events: the TOML configuration (default: $MAB_CONFIG)")
     compile_.set_defaults(handler=compile_command)
 
     validate = commands.add_parser(
@@ -256,10 +267,40 @@ def demo_command(args):
     return 0
 
 
+def _fold(csv, journal, environ, out):
+    from mab.config import load_config
+    from mab.feedback.fold import fold
+
+    started = time.perf_counter()
+    summary = fold(csv, journal, load_config(environ), out)
+    return {**summary, "seconds": time.perf_counter() - started}
+
+
 def compile_command(args):
     from mab.errors import MabError
 
-    cache_dir = service_cache_dir(args.cache_dir)
+    if args.events is None and (args.out or args.config):
+        return _fail("--out and --config go with --events")
+    environ = dict(os.environ)
+    if args.config:
+        environ["MAB_CONFIG"] = args.config
+    if args.events is not None:
+        from mab.feedback.journal import JournalCorrupt
+
+        try:
+            folded = run_with_progress(f"folding {args.events} into {args.csv}", _fold, args.csv, args.events,
+                                       environ, args.out)
+        except OSError as exc:
+            return _fail(f"{exc.filename or args.csv}: {exc.strerror}")
+        except MabError as exc:
+            return _fail(exc.message)
+        except JournalCorrupt as exc:
+            return _fail(f"the journal: {exc}")
+        print(f"folded {folded['events']:,} events of models {', '.join(folded['models'])} through event "
+              f"{folded['through_seq']} into {folded['out']} ({folded['rows_updated']:,} rows updated, "
+              f"{folded['rows_added']:,} added; {folded['events_file']} says so) in {folded['seconds']:.2f} s")
+        args.csv = folded["out"]
+    cache_dir = service_cache_dir(args.cache_dir, environ)
     try:
         size = _size(os.stat(args.csv).st_size)
         done = run_with_progress(f"compiling {args.csv} ({size})", _compile, args.csv, cache_dir)

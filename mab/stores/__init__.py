@@ -30,13 +30,16 @@ class FeatureBatch:
 
     ``columns[j][i]`` is feature j of entity i, 0.0 where entity i is
     missing or failed; ``failed_mask`` marks the failed ones (None when
-    none failed).
+    none failed). ``rows``: for the embedded store, each entity's row in its
+    snapshot (int64; the row count for a missing one), which the online
+    updates' overlay (mab.feedback) is keyed by; None for other stores.
     """
 
     columns: tuple
     missing: int = 0
     failed: int = 0
     failed_mask: np.ndarray | None = None
+    rows: np.ndarray | None = None
 
 
 def _backend_module(backend):

@@ -29,6 +29,12 @@ class CsvError(ValueError):
     """The file is not one this reader takes; the message names the line."""
 
 
+#: The optional column of when each row's counts were last updated: Unix
+#: seconds (a count, as below) or an RFC 3339 date-time. Read for decay
+#: (a model's half_life_seconds) and by the fold of rewards into a snapshot.
+TIMESTAMP_COLUMN = "updated_at"
+
+
 # Every whole number up to 2**53 is a float64 exactly; above it, only those
 # whose odd part is below 2**53.
 cdef uint64_t EXACT_LIMIT = 1ULL << 53
@@ -428,6 +434,122 @@ cdef int _parse_count(const uint8_t *b, Py_ssize_t s, Py_ssize_t e, double *out)
     return N_OK
 
 
+# -- timestamps (the updated_at column) ---------------------------------------
+
+cdef enum:
+    T_BAD_FORM = 20
+    T_OUT_OF_RANGE = 21
+    T_BEFORE_EPOCH = 22
+
+
+cdef inline int _digits(const uint8_t *b, Py_ssize_t p, int n, int *out) noexcept nogil:
+    """The value of the n decimal digits at b[p:p + n], or -1 if one is not a digit."""
+    cdef int value = 0, i
+    for i in range(n):
+        if not _digit(b[p + i]):
+            return -1
+        value = value * 10 + (b[p + i] - 48)
+    out[0] = value
+    return 0
+
+
+cdef inline int64_t _days_from_civil(int64_t y, int64_t m, int64_t d) noexcept nogil:
+    """Days from 1970-01-01 to the proleptic Gregorian date y-m-d: Howard
+    Hinnant's days_from_civil ("chrono-Compatible Low-Level Date Algorithms")."""
+    y -= m <= 2
+    cdef int64_t era = (y if y >= 0 else y - 399) // 400
+    cdef int64_t yoe = y - era * 400
+    cdef int64_t doy = (153 * (m - 3 if m > 2 else m + 9) + 2) // 5 + d - 1
+    cdef int64_t doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
+
+
+cdef inline int _days_in_month(int y, int m) noexcept nogil:
+    if m == 2:
+        return 29 if (y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)) else 28
+    return 30 if m in (4, 6, 9, 11) else 31
+
+
+cdef int _parse_rfc3339(const uint8_t *b, Py_ssize_t s, Py_ssize_t e, double *out) except -1:
+    """RFC 3339 section 5.6 ``date-time`` in b[s:e] as Unix seconds: full-date
+    "T" full-time, where "T" may be "t" or a space (the section's note), the
+    offset "Z", "z" or +hh:mm / -hh:mm, and a second of 60 (a leap second)
+    counts as the first second of the next minute, as POSIX time has none."""
+    cdef int year, month, day, hour, minute, second, oh = 0, om = 0, sign = 0
+    cdef Py_ssize_t p = s + 19, q
+    cdef double fraction = 0.0
+    cdef char *end
+    if e - s < 20:
+        return T_BAD_FORM
+    if (_digits(b, s, 4, &year) or b[s + 4] != 45 or _digits(b, s + 5, 2, &month) or b[s + 7] != 45
+            or _digits(b, s + 8, 2, &day) or not (b[s + 10] == 84 or b[s + 10] == 116 or b[s + 10] == 32)
+            or _digits(b, s + 11, 2, &hour) or b[s + 13] != 58 or _digits(b, s + 14, 2, &minute)
+            or b[s + 16] != 58 or _digits(b, s + 17, 2, &second)):
+        return T_BAD_FORM
+    if p < e and b[p] == 46:                       # '.' time-secfrac = "." 1*DIGIT
+        q = p + 1
+        while q < e and _digit(b[q]):
+            q += 1
+        if q == p + 1:
+            return T_BAD_FORM
+        # The field ends at a comma, quote, line ending or the end of the
+        # bytes object: float() of ".ddd" stops at the offset that follows.
+        fraction = PyOS_string_to_double(<const char *>(b + p), &end, NULL)
+        if <const uint8_t *>end != b + q:
+            return T_BAD_FORM
+        p = q
+    if p < e and (b[p] == 90 or b[p] == 122):     # Z, z
+        p += 1
+    elif p + 6 == e and (b[p] == 43 or b[p] == 45) and b[p + 3] == 58:
+        sign = 1 if b[p] == 43 else -1
+        if _digits(b, p + 1, 2, &oh) or _digits(b, p + 4, 2, &om):
+            return T_BAD_FORM
+        p += 6
+    else:
+        return T_BAD_FORM
+    if p != e:
+        return T_BAD_FORM
+    if not (1 <= month <= 12 and 1 <= day <= _days_in_month(year, month) and hour <= 23
+            and minute <= 59 and second <= 60 and oh <= 23 and om <= 59):
+        return T_OUT_OF_RANGE
+    cdef int64_t seconds = (_days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second
+                            - sign * (oh * 3600 + om * 60))
+    if seconds < 0:
+        return T_BEFORE_EPOCH
+    out[0] = <double>seconds + fraction
+    return N_OK
+
+
+cdef int _parse_time(const uint8_t *b, Py_ssize_t s, Py_ssize_t e, double *out) except -1:
+    """A timestamp: RFC 3339 when it looks like a date (a '-' after four
+    digits), otherwise Unix seconds written as a count."""
+    if e - s >= 5 and b[s + 4] == 45:
+        return _parse_rfc3339(b, s, e, out)
+    return _parse_count(b, s, e, out)
+
+
+def parse_time(bytes text):
+    """The Unix seconds ``text`` stands for in the updated_at column, or
+    ValueError saying why it is not a time (for tests: the reader's code)."""
+    cdef double x = 0.0
+    cdef int problem = _parse_time(<const uint8_t *><char *>text, 0, len(text), &x)
+    if problem != N_OK:
+        raise ValueError(_time_message(problem, text.decode("utf-8", "backslashreplace")))
+    return x
+
+
+def _time_message(int problem, str text):
+    shown = _shown(text)
+    if problem == T_BAD_FORM:
+        return (f"{shown} is not a time: write Unix seconds (1715000000, 1715000000.25) or an RFC 3339 "
+                "date-time (2024-05-06T12:53:20Z, 2024-05-06T14:53:20.5+02:00)")
+    if problem == T_OUT_OF_RANGE:
+        return f"{shown} is not a time: a month, day, hour, minute, second or offset is out of range"
+    if problem == T_BEFORE_EPOCH:
+        return f"{shown} is before 1970-01-01T00:00:00Z"
+    return _count_message(problem, text)
+
+
 def _count_message(int problem, str text):
     shown = _shown(text)
     if problem == N_EMPTY:
@@ -492,6 +614,8 @@ def parse_rows(bytes data, Py_ssize_t body_start, Py_ssize_t body_line, int crlf
     c.error = 0
     cdef const uint8_t *b = c.buf
     cdef Py_ssize_t n_features = len(columns) - 1
+    cdef cnp.ndarray time_flags = np.array([name == TIMESTAMP_COLUMN for name in columns[1:]], dtype=np.uint8)
+    cdef const uint8_t[::1] is_time = time_flags
     # An upper bound on rows: the line feeds, plus a last line without one.
     cdef Py_ssize_t capacity = data.count(b"\n", body_start) + 1
     cdef cnp.ndarray offsets = np.empty(capacity + 1, dtype=np.int64)
@@ -551,12 +675,15 @@ def parse_rows(bytes data, Py_ssize_t body_start, Py_ssize_t body_line, int crlf
                 raise CsvError(f"line {record_line}: expected {len(columns)} fields, found {k + 2}")
             if f.doubled:
                 problem = N_NOT_NUMBER
+            elif is_time[k]:
+                problem = _parse_time(b, f.start, f.end, &x)
             else:
                 problem = _parse_count(b, f.start, f.end, &x)
             if problem != N_OK:
+                text = _text(data, f.start, f.end, f.doubled)
                 raise CsvError(
                     f"line {f.line}, column {columns[k + 1]!r}: "
-                    + _count_message(problem, _text(data, f.start, f.end, f.doubled))
+                    + (_time_message(problem, text) if is_time[k] else _count_message(problem, text))
                 )
             val[k * stride + n] = x
         line_of[n] = record_line

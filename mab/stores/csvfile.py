@@ -41,6 +41,16 @@ counts) are compiled, in ``mab.stores._csv``. The rules, which the README's
   Hex, ``inf``, ``nan``, signs (``-0``, ``+5``), ``1_000``, ``1,5`` and
   surrounding spaces are not numbers here.
 
+* Timestamps: a column named ``updated_at`` (``_csv.TIMESTAMP_COLUMN``), if
+  the header has one, says when each row's counts were last updated, for
+  decay (a model's ``half_life_seconds``) and for folding rewards into a
+  new snapshot. Its values are Unix seconds written as a count (above), or
+  an RFC 3339 section 5.6 date-time (``2024-05-06T12:53:20Z``,
+  ``2024-05-06 14:53:20.25+02:00``: "T", "t" or a space between date and
+  time, "Z", "z" or a numeric offset, a second of 60 read as the next
+  minute's first), at or after 1970-01-01T00:00:00Z. Either way the store
+  holds float64 Unix seconds.
+
 Line numbers are the file's physical lines, counted from 1, as an editor
 shows them; a quoted line break starts a new one.
 """
@@ -50,7 +60,7 @@ import unicodedata
 import numpy as np
 
 from mab.stores import _csv
-from mab.stores._csv import CsvError
+from mab.stores._csv import TIMESTAMP_COLUMN, CsvError  # noqa: F401 (TIMESTAMP_COLUMN: for the store)
 
 UTF8_BOM = b"\xef\xbb\xbf"
 # Text is checked (decoded) in pieces of about this many bytes, cut at

@@ -46,6 +46,11 @@ log = logging.getLogger(__name__)
 # by a laxer one must never be served).
 CACHE_FORMAT = 3
 ARRAYS = ("blob", "records", "slots")
+#: The column of when each row's counts were updated (mab.stores.csvfile).
+TIMESTAMP_FEATURE = csvfile.TIMESTAMP_COLUMN
+#: Next to a CSV file written by ``mab data compile --events``: which
+#: journal's events the file holds, up to which sequence number (mab.feedback.fold).
+EVENTS_SUFFIX = ".events.json"
 
 # The compiled copies this process has checked, by the absolute path of
 # their CSV file, and the descriptors that hold them (see pin). A gunicorn
@@ -125,10 +130,17 @@ def _version(stat):
 
 
 def cache_path(source, cache_dir, stat=None):
-    """Where the compiled copy of `source` lives; changes when the file does.
-    ``stat``: the file's ``os.stat`` (taken here when None)."""
+    """Where the compiled copy of `source` lives; changes when the file does
+    (or its events file, see ``read_events_file``). ``stat``: the file's
+    ``os.stat`` (taken here when None)."""
     stat = os.stat(source) if stat is None else stat
     key = f"{os.path.abspath(source)}|{stat.st_size}|{stat.st_mtime_ns}|{CACHE_FORMAT}|{_table.HASH_VERSION}"
+    try:
+        events = os.stat(source + EVENTS_SUFFIX)
+    except FileNotFoundError:
+        pass
+    else:
+        key += f"|events|{events.st_size}|{events.st_mtime_ns}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return os.path.join(cache_dir, f"{os.path.basename(source)}-{digest}")
 
@@ -153,6 +165,7 @@ def prepare(source, cache_dir):
             return target, False
         start = time.perf_counter()
         columns, arrays = compile_csv(source, expected=stat)
+        events = read_events_file(source)
         building = tempfile.mkdtemp(dir=cache_dir, prefix=".building-")
         try:
             for name in ARRAYS:
@@ -165,6 +178,8 @@ def prepare(source, cache_dir):
                 "rows": int(arrays["records"].shape[0] - 1),
                 "build_seconds": round(time.perf_counter() - start, 3),
             }
+            if events is not None:
+                meta["events"] = events
             with open(os.path.join(building, "meta.json"), "w") as f:
                 json.dump(meta, f)
             os.rename(building, target)   # atomic: readers see all or nothing
@@ -174,6 +189,42 @@ def prepare(source, cache_dir):
         log.info("compiled %s (%d rows) into %s in %.2fs", source, meta["rows"], target, meta["build_seconds"])
         _remove_stale_caches(source, cache_dir, keep=target)
     return target, True
+
+
+def read_events_file(source):
+    """What the events file next to ``source`` says, if there is one: a
+    dict with ``journal_id`` and ``through_seq`` (the file's counts include
+    that journal's events up to that sequence number), else None.
+
+    The events file names the CSV's SHA-256, so a CSV renamed into place
+    without its events file (or the other way round) is refused rather than
+    served with the wrong events counted twice or not at all. Raises
+    ``DataError``."""
+    path = source + EVENTS_SUFFIX
+    try:
+        with open(path, "rb") as f:
+            doc = json.loads(f.read())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot be read: {exc}") from None
+    if not (isinstance(doc, dict) and isinstance(doc.get("journal_id"), str)
+            and type(doc.get("through_seq")) is int and doc["through_seq"] >= 0
+            and isinstance(doc.get("csv_sha256"), str)):
+        raise DataError(f"{path}: expected {{\"journal_id\": ..., \"through_seq\": N, \"csv_sha256\": ...}}")
+    digest = hashlib.sha256()
+    try:
+        with open(source, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise DataError(f"{source}: {exc.strerror}") from None
+    if digest.hexdigest() != doc["csv_sha256"]:
+        raise DataError(
+            f"{path} describes another version of {source} (its SHA-256 differs): write the CSV and its "
+            "events file together (mab data compile --events writes both)"
+        )
+    return {"journal_id": doc["journal_id"], "through_seq": doc["through_seq"]}
 
 
 def _remove_stale_caches(source, cache_dir, keep):
@@ -248,6 +299,8 @@ class Store:
     """Features from a CSV file, looked up by a compiled hash index."""
 
     backend = "embedded"
+    # The feature a model with a half-life reads its counts' time from.
+    timestamp_feature = TIMESTAMP_FEATURE
 
     def __init__(self, settings, *, cache_dir):
         self.settings = settings
@@ -306,6 +359,8 @@ class Store:
             "load_seconds": round(time.perf_counter() - start, 3),
             "compiled_here": built,
         }
+        if "events" in meta:
+            self._info["events"] = meta["events"]
 
     def check_features(self, names):
         """Raise ConfigError unless the store has every feature named."""
@@ -322,7 +377,22 @@ class Store:
         if feature_rows is None:
             feature_rows = self._feature_rows[features] = tuple(self._column[name] for name in features)
         matrix = self._index.gather(rows, feature_rows)
-        return FeatureBatch(tuple(matrix), missing)
+        return FeatureBatch(tuple(matrix), missing, rows=rows)
+
+    def find_rows(self, item_ids, prefix="", suffix=""):
+        """Rows of ``prefix + id + suffix`` for a list of ids: an int64 array,
+        ``n_rows`` for an id the snapshot does not hold."""
+        return self._index.find(item_ids, prefix.encode(), suffix.encode())[0]
+
+    @property
+    def n_rows(self):
+        return self._index.n_rows
+
+    @property
+    def events_folded(self):
+        """``{"journal_id", "through_seq"}`` of the journal events this
+        snapshot holds (mab data compile --events), or None."""
+        return self._info.get("events")
 
     def describe(self):
         return dict(self._info)

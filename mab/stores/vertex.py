@@ -53,8 +53,10 @@ missing, which /ready shows in ``fetches.missing``.
 Streaming reads ask for PROTO_STRUCT answers and per-key reads for
 KEY_VALUE ones. A struct is read by feature name, at about half the upb
 field accesses of KEY_VALUE's list of pairs, and the hundreds of entries of
-a streaming read make that count (``Store._entry_outcome``); its numbers are
-doubles, as the store's columns are. Both decode the raw protobuf messages
+a streaming read make that count (``Store._decode_entries``); its numbers
+are doubles, as the store's columns are. A model with a half-life needs
+each value's ``generate_time``, which only KEY_VALUE carries: its streaming
+reads ask for KEY_VALUE. Both decode the raw protobuf messages
 (``.pb()`` of the library's proto-plus types, on the upb runtime) rather
 than proto-plus wrappers; the library's message classes and gRPC stubs stay
 the source of truth for the wire format.
@@ -76,6 +78,7 @@ from dataclasses import dataclass
 
 from mab.errors import ConfigError
 from mab.stores._vertex import FAILED, MIN_ATTEMPT_SECONDS, MISSING, VertexSettings, VertexStore, timeout_until
+from mab.stores._vertex.store import GENERATE_TIME
 from mab.stores._vertex.shared_stream import SharedStream
 
 READ_APIS = ("streaming", "fetch")
@@ -209,13 +212,17 @@ class Store(VertexStore):
         s = self.settings
         return exponential_sleep_generator(s.retry_initial_ms / 1000, s.retry_max_ms / 1000, s.retry_multiplier)
 
-    def _requests(self, entity_ids):
+    def _requests(self, entity_ids, features):
+        """The request messages for ``entity_ids``: PROTO_STRUCT answers,
+        or KEY_VALUE ones when ``features`` asks for GENERATE_TIME (see
+        ``_decode_entries``)."""
         request = self._types.StreamingFetchFeatureValuesRequest
         raw, wrap = request.pb(), request.wrap
-        size, feature_view, proto_struct = self.settings.chunk_size, self.resource, self._proto_struct
+        data_format = self._key_value if GENERATE_TIME in features else self._proto_struct
+        size, feature_view = self.settings.chunk_size, self.resource
         messages = []
         for i in range(0, len(entity_ids), size):
-            message = raw(feature_view=feature_view, data_format=proto_struct)
+            message = raw(feature_view=feature_view, data_format=data_format)
             add = message.data_keys.add   # a third of the cost of building FeatureViewDataKey messages to pass in
             for key in entity_ids[i : i + size]:
                 add(key=key)
@@ -227,7 +234,7 @@ class Store(VertexStore):
         records an outcome per key answered in ``outcomes``; returns the
         error that ended the stream before every key was answered, or None."""
         answered, error = self._shared_stream().fetch(
-            entity_ids, features, self._requests(entity_ids), max(0.0, attempt_end - time.monotonic())
+            entity_ids, features, self._requests(entity_ids, features), max(0.0, attempt_end - time.monotonic())
         )
         outcomes.update(answered)
         return error
@@ -277,7 +284,8 @@ class Store(VertexStore):
     def _decode_entries(self, entries, features):
         """``[(key, outcome, entry)]`` for raw FetchFeatureValuesResponse
         messages of a stream, read in PROTO_STRUCT format (``_requests``
-        asks for it); an outcome is a tuple of counts, MISSING or FAILED.
+        asks for it, unless ``features`` asks for GENERATE_TIME); an outcome
+        is a tuple of counts, MISSING or FAILED.
 
         Why PROTO_STRUCT here: a upb field access costs ~0.1-0.3 us (every
         submessage read makes a wrapper object), and a struct's map is read
@@ -293,6 +301,12 @@ class Store(VertexStore):
         anything else (absent or null values, other kinds, NaN or infinite
         numbers) takes the careful path, ``_struct_counts``.
         """
+        if GENERATE_TIME in features:
+            # Decay needs each count's generate_time, which only KEY_VALUE
+            # answers carry (a struct's values have no metadata): _requests
+            # asked for KEY_VALUE.
+            return [(entry.data_key.key, self._key_value_outcome(entry.data_key.key, features, entry), entry)
+                    for entry in entries]
         answered = []
         append = answered.append
         for entry in entries:
@@ -314,10 +328,18 @@ class Store(VertexStore):
         return answered
 
     def _struct_counts(self, entity_id, features, entry):
-        """Counts, MISSING or FAILED from a FetchFeatureValuesResponse in PROTO_STRUCT format."""
+        """Counts, MISSING or FAILED from a FetchFeatureValuesResponse in
+        PROTO_STRUCT format (or in KEY_VALUE format: another fetch of the
+        same key on the shared stream, for a model with a half-life, may
+        have asked for that)."""
         answer_format = entry.WhichOneof("format")
+        if answer_format == "key_values":
+            return self._key_value_outcome(entity_id, features, entry)
         if answer_format not in (None, "proto_struct"):
             return self._invalid(entity_id, features[0], f"an answer in {answer_format} format, not proto_struct")
+        if GENERATE_TIME in features:
+            return self._invalid(entity_id, features[0], "an answer in proto_struct format, which has no "
+                                 "generate_time for the model's half_life_seconds")
         fields = entry.proto_struct.fields
         counts = []
         for name in features:
@@ -335,6 +357,54 @@ class Store(VertexStore):
                 return self._invalid(entity_id, name, f"a {kind.removesuffix('_value')} value")
             counts.append(number)
         return self._complete(entity_id, features, counts)
+
+    def _key_value_outcome(self, key, features, entry):
+        """Counts, MISSING or FAILED from one raw FetchFeatureValuesResponse
+        of a stream in KEY_VALUE format, with GENERATE_TIME (the oldest
+        ``generate_time`` of the counts) when ``features`` asks for it.
+
+        The common case inline (every feature a count): each field access of
+        a upb message costs ~0.1-0.2 us, and there are a few per feature of
+        each of hundreds of keys; anything else takes the careful path.
+        """
+        position = self._positions.get(features)
+        if position is None:
+            position = self._positions[features] = {
+                name: i for i, name in enumerate(features) if name != GENERATE_TIME
+            }
+        counts = [None] * len(features)
+        # With a half-life: the oldest generate_time of the counts.
+        timed = len(position) < len(features)
+        oldest = INFINITY
+        for pair in entry.key_values.features:
+            i = position.get(pair.name)
+            if i is None:
+                continue
+            value = pair.value
+            kind = value.WhichOneof("value")
+            if kind == "int64_value":
+                number = value.int64_value
+                if number < 0:
+                    break
+            elif kind == "double_value":
+                number = value.double_value
+                if not 0 <= number < INFINITY:   # NaN is not
+                    break
+            else:
+                break
+            counts[i] = number
+            if timed:
+                stamp = value.metadata.generate_time
+                seconds = stamp.seconds + stamp.nanos * 1e-9
+                if not seconds > 0:
+                    break
+                oldest = min(oldest, seconds)
+        else:
+            if timed:
+                counts[features.index(GENERATE_TIME)] = oldest
+            if None not in counts:
+                return tuple(counts)
+        return self._key_counts(key, features, entry)   # missing, or something to check and say
 
     # -- per-key reads (read_api = "fetch") ----------------------------------------------
 
@@ -389,6 +459,9 @@ class Store(VertexStore):
         pairs = {pair.name: pair for pair in message.key_values.features}
         values = []
         for name in features:
+            if name == GENERATE_TIME:
+                values.append(None)         # read from the counts' metadata by _counts
+                continue
             pair = pairs.get(name)
             if pair is None and pairs:
                 self._warn_unknown_feature(entity_id, name, list(pairs))

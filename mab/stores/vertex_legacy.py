@@ -31,6 +31,7 @@ Feature Online Store.
 from dataclasses import dataclass
 
 from mab.stores._vertex import UnexpectedAnswer, VertexSettings, VertexStore, timeout_until
+from mab.stores._vertex.store import GENERATE_TIME
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,7 +96,7 @@ class Store(VertexStore):
             request_class.pb()(
                 entity_type=self.resource,
                 entity_ids=entity_ids,
-                feature_selector={"id_matcher": {"ids": features}},
+                feature_selector={"id_matcher": {"ids": [name for name in features if name != GENERATE_TIME]}},
             )
         )
         chunk.calls += 1
@@ -131,7 +132,7 @@ class Store(VertexStore):
         data = view.data
         values = []
         for name, position in zip(features, positions):
-            if position >= len(data):
+            if position < 0 or position >= len(data):
                 values.append(None)
                 continue
             item = data[position]
@@ -146,8 +147,10 @@ class Store(VertexStore):
 
 
 def _positions(header, features):
-    """Where each requested feature is in the entity views' data."""
+    """Where each requested feature is in the entity views' data (-1 for
+    GENERATE_TIME, which is no feature)."""
     order = {descriptor.id: i for i, descriptor in enumerate(header.feature_descriptors)}
+    order[GENERATE_TIME] = -1
     absent = [name for name in features if name not in order]
     if absent:
         raise UnexpectedAnswer(f"the answer's header has no feature(s) {', '.join(map(repr, absent))}")

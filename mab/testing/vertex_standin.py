@@ -76,6 +76,7 @@ import grpc
 from google.cloud.aiplatform_v1.types import feature_online_store_service as online_store_types
 from google.cloud.aiplatform_v1.types import featurestore_online_service as legacy_types
 from google.cloud.aiplatform_v1beta1.types import feature_online_store_service as beta_types
+from mab.stores._csv import TIMESTAMP_COLUMN, parse_time
 
 LEGACY_SERVICE = "google.cloud.aiplatform.v1.FeaturestoreOnlineServingService"
 ONLINE_STORE_SERVICE = "google.cloud.aiplatform.v1.FeatureOnlineStoreService"
@@ -137,14 +138,19 @@ def read_csv(path):
     return features, data
 
 
-def set_value(feature_value, value):
-    """Write a Python value into a FeatureValue message, typed as it is."""
+def set_value(feature_value, value, generate_time=None):
+    """Write a Python value into a FeatureValue message, typed as it is, with
+    ``generate_time`` (Unix seconds) as its metadata.generate_time if given."""
     if isinstance(value, int):
         feature_value.int64_value = value
     elif isinstance(value, float):
         feature_value.double_value = value
     else:
         feature_value.string_value = value
+    if generate_time is not None:
+        stamp = feature_value.metadata.generate_time
+        stamp.seconds = int(generate_time)
+        stamp.nanos = int(round((generate_time - int(generate_time)) * 1e9))
 
 
 def toml_table(name, settings):
@@ -177,6 +183,15 @@ class VertexStandIn:
         shuffle=False,
         seed=None,
     ):
+        # The embedded store's updated_at column is served as what Vertex has
+        # instead: every value's metadata.generate_time.
+        self.generate_times = {}
+        if TIMESTAMP_COLUMN in features:
+            for entity_id, row in data.items():
+                stamp = row.pop(TIMESTAMP_COLUMN, None)
+                if stamp is not None:
+                    self.generate_times[entity_id] = parse_time(str(stamp).encode())
+            features = [name for name in features if name != TIMESTAMP_COLUMN]
         self.features = tuple(features)
         self.data = data
         self.project = project
@@ -393,7 +408,7 @@ class VertexStandIn:
                 data = view.data.add()
                 value = None if row is None else row.get(name)
                 if value is not None:
-                    set_value(data.value, value)
+                    set_value(data.value, value, self.generate_times.get(entity_id))
             encoded = response.SerializeToString()
             if row is not None:   # only existing entities: unknown ids must not grow the memo
                 self._encoded[key] = encoded
@@ -457,7 +472,7 @@ class VertexStandIn:
                     pair.name = name
                     value = row.get(name)
                     if value is not None:
-                        set_value(pair.value, value)
+                        set_value(pair.value, value, self.generate_times.get(key))
             encoded = self._encoded[memo_key] = response.SerializeToString()
         return encoded
 

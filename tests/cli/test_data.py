@@ -216,3 +216,30 @@ def test_inspect_a_bad_file_or_not_a_copy(tmp_path, bad_csv):
     (tmp_path / "empty-dir").mkdir()
     run = run_mab("data", "inspect", tmp_path / "empty-dir")
     assert run.returncode == 1 and "meta.json: No such file or directory" in run.stderr
+
+
+def test_compile_events_folds_the_journal_into_a_new_csv(make_config, items_csv, tmp_path):
+    from mab.feedback import FeedbackNode
+    from mab.feedback.events import Event
+    from mab.stores.embedded import compile_csv, read_events_file
+
+    journal = tmp_path / "journal"
+    config = make_config({"feedback": {"journal": str(journal), "dedup_entries": 100}}, MAB_DATA=str(items_csv))
+    node = FeedbackNode(config)
+    node.submit([Event("a", "item-2", 1.0), Event("a", "new", 0.25)])
+    node.close()
+    toml = tmp_path / "mab.toml"
+    toml.write_text(f'cache_dir = "{tmp_path / "cache"}"\n[stores.default]\npath = "{items_csv}"\n'
+                    f'[feedback]\njournal = "{journal}"\n')
+    result = run_mab("data", "compile", items_csv, "--events", journal, "--config", toml, "--out", tmp_path / "next.csv")
+    assert result.returncode == 0, result.stderr
+    assert "folded 2 events of models default through event 2 into" in result.stdout
+    assert f"into {tmp_path / 'cache'}" in result.stdout      # the configuration's cache directory
+    assert open(tmp_path / "next.csv").read().splitlines()[2:] == [
+        "item-2,11,90", "item-3,0,0", "item-4,500,500", "item-5,1,1000", "new,0.25,0.75"]
+    assert read_events_file(str(tmp_path / "next.csv"))["through_seq"] == 2
+    assert compile_csv(str(tmp_path / "next.csv"))[1]["records"]["features"][1].tolist() == [11, 90]
+    bad = run_mab("data", "compile", items_csv, "--out", tmp_path / "x.csv")
+    assert bad.returncode == 1 and "go with --events" in bad.stderr
+    unread = run_mab("data", "compile", tmp_path / "next.csv", "--events", journal, "--config", toml)
+    assert unread.returncode == 1 and "no model of the configuration" in unread.stderr

@@ -634,3 +634,69 @@ def test_files_written_by_the_csv_module_read_back_exactly(rows, lineterminator,
     assert should_accept, "accepted a file the rules refuse"
     assert columns == ["item_id", "successes", "failures"]
     assert got == [(item, (float(s), float(f))) for item, s, f in rows]
+
+
+# -- the updated_at column ---------------------------------------------------
+
+import datetime  # noqa: E402
+
+
+def test_updated_at_is_read_as_unix_seconds():
+    data = (b"id,s,updated_at\n"
+            b"a,1,1715000000\n"
+            b"b,2,1715000000.25\n"
+            b"c,3,2024-05-06T12:53:20Z\n"
+            b"d,4,2024-05-06 14:53:20.5+02:00\n"
+            b"e,5,2024-05-06t12:53:20.000001z\n"
+            b"f,6,2016-12-31T23:59:60Z\n")
+    columns, rows = read(data)
+    assert columns == ["id", "s", "updated_at"]
+    assert [values for _, values in rows] == [
+        (1.0, 1715000000.0), (2.0, 1715000000.25), (3.0, 1715000000.0), (4.0, 1715000000.5),
+        (5.0, 1715000000.000001), (6.0, 1483228800.0),        # a leap second: the next minute's first
+    ]
+
+
+@pytest.mark.parametrize(("text", "why"), [
+    ("2024-05-06T12:53:20", "is not a time"),                # no offset
+    ("2024-05-06T12:53:20.Z", "is not a time"),              # a fraction without digits
+    ("2024-05-06T12:53Z", "is not a time"),
+    ("2024-5-06T12:53:20Z", "is not a time"),
+    ("2024-05-06X12:53:20Z", "is not a time"),
+    ("2024-05-06T12:53:20+0200", "is not a time"),
+    ("2024-05-06T12:53:20Z ", "is not a time"),
+    ("2023-02-29T00:00:00Z", "out of range"),
+    ("2024-13-01T00:00:00Z", "out of range"),
+    ("2024-05-06T24:00:00Z", "out of range"),
+    ("2024-05-06T12:53:61Z", "out of range"),
+    ("2024-05-06T12:53:20+24:00", "out of range"),
+    ("1969-12-31T23:59:59Z", "before 1970"),
+    ("-5", "not a count"),
+    ("soon", "not a number"),
+    ("", "empty value"),
+])
+def test_bad_times_name_the_line_and_column(text, why):
+    message = refusal(b"id,s,updated_at\na,1,1\nb,2," + text.encode() + b"\n")
+    assert message.startswith("line 3, column 'updated_at': ") and why in message, message
+
+
+@given(st.datetimes(min_value=datetime.datetime(1970, 1, 2), max_value=datetime.datetime(9999, 12, 30),
+                    timezones=st.timezones()),
+       st.sampled_from(["T", "t", " "]), st.integers(min_value=0, max_value=6))
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+def test_rfc3339_times_agree_with_datetime(moment, separator, digits):
+    """The compiled parser against the standard library's, for any date,
+    offset and precision (offsets in whole minutes, as RFC 3339 writes them)."""
+    offset = moment.utcoffset()
+    if offset is None or offset.seconds % 60 or offset.microseconds:
+        return
+    moment = moment.replace(microsecond=moment.microsecond // 10 ** (6 - digits) * 10 ** (6 - digits))
+    text = moment.strftime("%Y-%m-%d") + separator + moment.strftime("%H:%M:%S")
+    if digits:
+        text += "." + f"{moment.microsecond:06d}"[:digits]
+    minutes = offset.days * 1440 + offset.seconds // 60
+    text += "Z" if minutes == 0 else f"{'+' if minutes > 0 else '-'}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+    utc = moment.astimezone(datetime.timezone.utc)
+    whole = (utc.replace(microsecond=0) - datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc))
+    expected = whole.days * 86400 + whole.seconds + float("0." + f"{moment.microsecond:06d}"[:digits] if digits else 0)
+    assert _csv.parse_time(text.encode()) == expected, text

@@ -230,15 +230,25 @@ def test_struct_answers_decode_by_name_and_refuse_what_is_not_a_count(standin, s
     assert got == want if isinstance(want, tuple) else got is want
 
 
-def test_an_answer_in_another_format_fails(standin, stores):
+def test_answers_in_either_format_decode_for_the_features_asked(standin, stores):
+    # A model with a half-life asks for KEY_VALUE (only it carries
+    # generate_time); its answer may reach a fetch of the same key for
+    # another model on the shared stream, which must read it too. A struct
+    # answer cannot serve a half-life: that key fails, never decays wrongly.
     from google.cloud.aiplatform_v1beta1.types import feature_online_store_service as types
 
     from mab.stores._vertex import FAILED
+    from mab.stores._vertex.store import GENERATE_TIME
 
     store = stores(standin, "vertex", **RELAXED)
     entry = types.FetchFeatureValuesResponse.pb()()
     entry.data_key.key = "k"
-    pair = entry.key_values.features.add()
-    pair.name = "successes"
-    pair.value.int64_value = 3
-    assert store._entry_outcome("k", FEATURES, entry) is FAILED
+    for name, number in (("failures", 4), ("successes", 3)):
+        pair = entry.key_values.features.add()
+        pair.name = name
+        pair.value.int64_value = number
+        pair.value.metadata.generate_time.seconds = 1_700_000_000
+    assert store._entry_outcome("k", FEATURES, entry) == (3.0, 4.0)
+    assert store._entry_outcome("k", FEATURES + (GENERATE_TIME,), entry) == (3, 4, 1_700_000_000.0)
+    struct = _struct_entry("k", successes=3, failures=4)
+    assert store._entry_outcome("k", FEATURES + (GENERATE_TIME,), struct) is FAILED

@@ -33,6 +33,15 @@ Each entity ends in exactly one of three outcomes, never confused:
   invalid value is logged with the entity and feature and never used. The
   model's ``on_store_error`` policy decides what a failure means: a 503, or
   the prior and a degraded answer.
+
+A model with a half-life asks for one more "feature", ``GENERATE_TIME``
+(``timestamp_feature``): no feature of the store, but the time of the
+counts, which decay by their age. It is the ``metadata.generate_time`` of the
+counts' ``FeatureValue`` messages (``aiplatform_v1``/``v1beta1``
+``FeatureValue.Metadata``: when the value was generated, or ingested): the
+oldest of them, in Unix seconds. A found entity whose counts carry no
+generate_time fails (an invalid value, logged): counts of unknown age are
+never used as if they were new.
 """
 
 import concurrent.futures
@@ -59,6 +68,9 @@ DEADLINE_GRACE = 0.02
 MIN_ATTEMPT_SECONDS = 0.001
 # At most one warning per store this often; the rest are counted.
 WARNING_INTERVAL = 10.0
+#: The pseudo-feature of the counts' generate_time (see the module docstring).
+#: Vertex feature ids are [a-z_][a-z0-9_]*, so no feature can be named so.
+GENERATE_TIME = "@generate_time"
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", -1),
     ("grpc.max_receive_message_length", -1),
@@ -103,6 +115,8 @@ class VertexStore:
     """
 
     backend = None
+    # The feature a model with a half-life reads its counts' time from.
+    timestamp_feature = GENERATE_TIME
 
     def __init__(self, settings, *, cache_dir=None, clock=time.monotonic):
         # cache_dir: part of the store interface; a remote store keeps nothing on disk.
@@ -327,10 +341,13 @@ class VertexStore:
         """An entity's counts (a tuple of floats), MISSING or FAILED.
 
         ``values`` holds, per requested feature, a raw FeatureValue message
-        or None when the answer had no value for it.
+        or None when the answer had no value for it (and None for
+        ``GENERATE_TIME``, which is read from the others' metadata).
         """
         counts = []
         for name, value in zip(features, values):
+            if name == GENERATE_TIME:
+                continue
             kind = None if value is None else value.WhichOneof("value")
             if kind == "int64_value":
                 number = float(value.int64_value)
@@ -343,15 +360,29 @@ class VertexStore:
             if number is not None and not (number >= 0 and math.isfinite(number)):
                 return self._invalid(entity_id, name, f"{number!r}, not a count (finite and >= 0)")
             counts.append(number)
-        return self._complete(entity_id, features, counts)
+        outcome = self._complete(entity_id, features, counts)
+        if type(outcome) is not tuple or GENERATE_TIME not in features:
+            return outcome
+        oldest = math.inf
+        for name, value in zip(features, values):
+            if name != GENERATE_TIME:
+                stamp = value.metadata.generate_time
+                seconds = stamp.seconds + stamp.nanos * 1e-9
+                if seconds <= 0:
+                    return self._invalid(entity_id, name, "no metadata.generate_time, which the model's "
+                                         "half_life_seconds needs to decay the counts")
+                oldest = min(oldest, seconds)
+        counts.insert(features.index(GENERATE_TIME), oldest)
+        return tuple(counts)
 
     def _complete(self, entity_id, features, counts):
-        """The outcome of an entity's checked counts (None: no value): all
-        present, a tuple; none, MISSING; some, FAILED (and said)."""
+        """The outcome of an entity's checked counts (None: no value; one per
+        feature but GENERATE_TIME): all present, a tuple; none, MISSING;
+        some, FAILED (and said)."""
         if None in counts:
             if all(count is None for count in counts):
                 return MISSING
-            name = features[counts.index(None)]
+            name = [f for f in features if f != GENERATE_TIME][counts.index(None)]
             return self._invalid(entity_id, name, "no value, while the entity's other features have one")
         return tuple(counts)
 
