@@ -10,14 +10,71 @@ in every worker, which never stops on its own and answers every request 503.
 
 Remote stores are only configured here: their clients must be created after
 the fork, in each worker.
+
+The configuration is pinned the same way (``checked_config``): a worker
+serves the configuration the master checked, not the file as it is when
+the worker happens to start. On a reload (HUP) the master checks the
+configuration and data again (``reload``): if they pass, the new workers
+serve them; if not, the error is logged and kept (``last_reload``, shown
+by /ready), and the new workers serve what was checked before.
 """
 
 import logging
+import time
 
+from mab.errors import MabError
 from mab.model import BetaModel
 from mab.stores import create_store, embedded
 
 log = logging.getLogger(__name__)
+
+# Set in the gunicorn master; every worker it forks inherits them.
+_checked_config = None
+_last_reload = None
+
+
+def checked_config():
+    """The configuration this process (or the master that forked it) checked
+    last with ``start`` or a ``reload`` that passed; None if none."""
+    return _checked_config
+
+
+def last_reload():
+    """The last reload's outcome: None if there was none, else a dict with
+    ``status`` ("applied" or "refused"), ``at`` (Unix time) and, when
+    refused, ``error`` (the message naming the file and line, or the key)
+    and ``serving`` ({store: the compiled copy still served})."""
+    return None if _last_reload is None else dict(_last_reload)
+
+
+def start(load_config):
+    """The master's check at start: ``load_config()``, then
+    ``check_embedded_stores``; pins the configuration. Returns ``{store
+    name: compiled copy}``; raises ``MabError``."""
+    global _checked_config
+    config = load_config()
+    checked = check_embedded_stores(config)
+    _checked_config = config
+    return checked
+
+
+def reload(load_config):
+    """The master's check on HUP, before it spawns the new workers: as
+    ``start``, but a ``MabError`` is recorded (``last_reload``) and
+    returned, not raised, and what was pinned before stays pinned.
+    Returns ``(checked, error)``: ``({store: compiled copy}, None)`` or
+    ``(None, message)``."""
+    global _checked_config, _last_reload
+    try:
+        config = load_config()
+        checked = check_embedded_stores(config)
+    except MabError as exc:
+        _last_reload = {"status": "refused", "at": time.time(), "error": exc.message,
+                        "serving": {path: copy for path, copy in embedded.pinned().items()}}
+        return None, exc.message
+    _checked_config = config
+    _last_reload = {"status": "applied", "at": time.time()}
+    return checked, None
 
 
 def check_embedded_stores(config):

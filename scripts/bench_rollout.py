@@ -5,22 +5,27 @@
 For each scenario it starts gunicorn with --workers workers on a demo CSV of
 --rows rows (named by a configuration file), drives it with wrk
 (--connections keep-alive connections, --ids-id /predict bodies), and after
---at seconds changes the data or the configuration and sends the master HUP,
-or sends it TERM. It probes on fresh connections until the change is served
-by new workers only (or the refusal of a bad file is in /ready, or the
-master is gone), lets wrk run --tail seconds more, and stops it. It reports
-requests, answers by status, wrk's socket errors (connect, read, write,
-timeout), the requests lost, how long the change took to be served, and the
-server log's ERROR lines. Everything it starts it stops, by PID. Every
-scenario starts a fresh server.
+--at seconds renames a new CSV or configuration file into place and sends
+the master HUP, or sends it TERM (then the load is the accounting client of
+mab.testing.keepalive_load: wrk would count the connects refused once the
+server has stopped listening as lost requests), or does nothing (steady:
+the control). After a HUP it probes on fresh connections until the change
+is served by new workers only (for a bad file: until the old data is still
+served and /ready says why), lets the load run --tail seconds more, and
+stops it. It reports requests answered, answers by status (and the 503s of
+admission control among them), socket errors, the requests lost, how long
+the change took to be served, whether the old workers drained only after
+the new ones were ready, and the server log's ERROR lines. Everything it
+starts it stops, by PID. Every scenario starts a fresh server.
 
     .venv/bin/python scripts/bench_rollout.py                            # 10 million rows, every scenario
     .venv/bin/python scripts/bench_rollout.py --rows 200000 --scenarios term
-    .venv/bin/python scripts/bench_rollout.py --json rollout.json
+    .venv/bin/python scripts/bench_rollout.py --max-queue-ms 0           # admission control off
+    .venv/bin/python scripts/bench_rollout.py --pause-ms 1000 --scenarios hup-config   # idle connections
 
-The CSV files go to --work-dir (default: a new temporary directory, removed
-at the end; 10 million rows take about 290 MB, and the compiled copies about
-550 MB each).
+Exit status 0 when no scenario lost a request, 1 otherwise. The files go to
+--work-dir (default: a new temporary directory, removed at the end; 10
+million rows take about 290 MB as CSV, and each compiled copy about 550 MB).
 """
 
 import argparse
@@ -114,14 +119,16 @@ def table(results, args):
     rows = [
         f"{args.rows:,} rows, {args.workers} workers, {args.connections} connections, {args.ids} ids per request",
         "",
-        "| scenario | answered | statuses | socket errors | lost | outcome after | max latency |",
-        "|---|---|---|---|---|---|---|",
+        "| scenario | answered | statuses | socket errors | lost | outcome after | max latency "
+        "| old workers drained after the new were ready |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         outcome = "never" if r.outcome_seconds is None else f"{r.outcome_seconds:.1f} s"
         latency = f"{r.load.max_ms:.0f} ms" if r.load is not None else "-"
+        handed_over = {None: "-", True: "yes", False: "no"}[r.drained_after_ready]
         rows.append(f"| {r.scenario} | {r.requests:,} | {statuses(r)} | {errors(r)} | {r.lost:,} | {outcome} "
-                    f"| {latency} |")
+                    f"| {latency} | {handed_over} |")
     for r in results:
         for error in r.error_lines[:5]:
             rows.append(f"\n{r.scenario}: {error}")

@@ -2,40 +2,47 @@
 
 A drill starts gunicorn (mab's settings, ``workers`` workers) on a demo CSV
 named by a configuration file, drives it with wrk (``connections``
-keep-alive connections, ``ids``-id /predict bodies, as ``mab bench`` does; with ``pause_ms`` each connection pauses that long on
-average between an answer and its next request, so connections sit idle),
-and mid-run does one of:
+keep-alive connections sending ``ids``-id /predict bodies, as ``mab bench``
+does; with ``pause_ms`` each connection pauses that long on average
+between an answer and its next request, so connections sit idle), and
+mid-run does one of:
 
+``steady``
+    nothing: the control, what the same load loses with no signal at all;
 ``hup-data``
-    write a new CSV (other counts, and a probe row the old one lacks) under
-    another name, rename it into place, send the master HUP;
+    rename a new CSV (other counts, and a probe row the old one lacks) into
+    place, send the master HUP;
 ``hup-config``
-    rewrite the configuration file (a new model, ``fresh``), send HUP;
+    rename a new configuration file (one more model, ``fresh``) into
+    place, send HUP;
 ``hup-bad-data``
-    rename a CSV the store refuses (an unparsable row) into place, send HUP;
+    rename a CSV the store refuses (a negative count) into place, send HUP;
 ``hup-missing-column``
     rename a CSV without the ``failures`` column into place, send HUP;
 ``term``
     send the master TERM.
 
-Meanwhile it probes on fresh connections until the outcome is there: the
-new data or model served by new workers only (``hup-data``,
-``hup-config``), the old data still served by new workers and the refusal
-in /ready (the bad files), or the master gone (``term``). Then wrk runs a
-little longer and is stopped; its summary counts what clients lost.
+The new files are written before the load starts, beside the old ones.
+After the HUP the drill probes on fresh connections until the outcome is
+there: the new data or model served by new workers only, or for a bad
+file the old data still served by new workers and the refusal in /ready.
+Then the load runs ``tail`` seconds more and is stopped; its summary counts
+what the clients lost.
 
-What counts as lost (``Result.lost``): a response other than 2xx; a
-connection that failed under a request (wrk's read and write errors: a
-reset, or a close without ``Connection: close`` while a request was
-out); a request slower than wrk's timeout; a probe that failed. A refused
-connect counts only while the server should still listen: after a TERM
-the listening socket closes, so a new connection is refused and no
-request is sent on it (wrk retries at once; its ``connect`` count is then
-reported, not lost).
+What counts as lost (``Result.lost``), after a HUP: an answer other than
+2xx; a connection that failed (wrk's connect, read and write errors: a
+refused connect, a reset, or a close without ``Connection: close``, even
+of an idle connection); a request slower than wrk's timeout; a probe that
+failed. For TERM, where wrk would count the connects refused after the
+listening socket closed as write errors, the client is
+``mab.testing.keepalive_load``: lost are an answer other than 2xx, a
+request without an answer, and a connection that ended otherwise than
+cleanly after an answer with ``Connection: close``; a refused connect is
+not lost (no request was sent on it).
 
 ``scripts/bench_rollout.py`` runs these drills (10 million rows for the
 figures in docs/deploy.md); ``tests/testing/test_rollout.py`` runs them on
-a few hundred thousand rows.
+200,000 rows.
 """
 
 import http.client
@@ -44,80 +51,21 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
-from mab.bench.load import write_bodies
+from mab.bench.load import COUNTING_WRK_SCRIPT, DemoIds, WrkCounts, write_bodies
 from mab.demo import write_items
 from mab.testing.keepalive_load import KeepAliveLoad, Tally
 from mab.testing.processes import Gunicorn, terminate
 
-SCENARIOS = ("hup-data", "hup-config", "hup-bad-data", "hup-missing-column", "term")
+SCENARIOS = ("steady", "hup-data", "hup-config", "hup-bad-data", "hup-missing-column", "term")
+# How long the steady scenario (no signal at all: the control) loads the
+# server between ``at`` and ``tail``.
+STEADY_SECONDS = 3.0
 
 # The row only the refreshed file holds: a request for it finds it (missing
 # 0) once the new snapshot is served, and misses it (missing 1) before.
 PROBE_ID = "rollout-probe"
-
-# wrk's script: rotate through the prepared bodies, count the answers by
-# status and those that close the connection, print one summary line. The
-# per-thread counters reach done() through setup()/thread:get().
-WRK_SCRIPT = r"""
-local bodies = {}
-for line in io.lines(os.getenv("MAB_BENCH_BODIES")) do bodies[#bodies + 1] = line end
-local headers = {["Content-Type"] = "application/json"}
--- With MAB_BENCH_DELAY_MS, each connection waits a random time of that
--- mean (exponential) after every answer: its connection sits idle between
--- requests, as a lightly loaded client's does.
-local pause = tonumber(os.getenv("MAB_BENCH_DELAY_MS") or "0")
-if pause > 0 then
-  math.randomseed(tonumber(os.getenv("MAB_BENCH_SEED") or "1"))
-  delay = function() return -math.log(1 - math.random()) * pause end
-end
-local threads = {}
-setup = function(thread) threads[#threads + 1] = thread end
-init = function(args) statuses = {}; closes = 0; shed = 0; i = 0 end
-request = function()
-  i = i % #bodies + 1
-  return wrk.format("POST", nil, headers, bodies[i])
-end
-response = function(status, headers, body)
-  statuses[status] = (statuses[status] or 0) + 1
-  local connection = headers["Connection"] or headers["connection"]
-  if connection and connection:lower() == "close" then closes = closes + 1 end
-  if status == 503 and body:find('"overloaded"', 1, true) then shed = shed + 1 end
-end
-done = function(summary, latency, requests)
-  local e = summary.errors
-  local all, closed, turned_away = {}, 0, 0
-  for _, thread in ipairs(threads) do
-    for code, n in pairs(thread:get("statuses")) do all[code] = (all[code] or 0) + n end
-    closed = closed + thread:get("closes")
-    turned_away = turned_away + thread:get("shed")
-  end
-  io.write(string.format("MABROLLOUT requests=%d duration_us=%d connect=%d read=%d write=%d timeout=%d "
-    .. "non_2xx=%d closes=%d shed=%d p50_us=%d p99_us=%d max_us=%d",
-    summary.requests, summary.duration, e.connect, e.read, e.write, e.timeout, e.status, closed, turned_away,
-    latency:percentile(50), latency:percentile(99), latency.max))
-  for code, n in pairs(all) do io.write(string.format(" http_%d=%d", code, n)) end
-  io.write("\n")
-end
-"""
-
-
-class DemoIds(Sequence):
-    """The ids of ``mab.demo.write_items``'s rows, ``item-000000`` ...,
-    without holding them: a sequence of ``n`` str for ``random.sample``."""
-
-    def __init__(self, n):
-        self.n = n
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, i):
-        if not 0 <= i < self.n:
-            raise IndexError(i)
-        return f"item-{i:06d}"
 
 
 def write_data(path, rows, seed, extra=b""):
@@ -133,8 +81,9 @@ def write_data(path, rows, seed, extra=b""):
 
 
 def write_refused(path, kind):
-    """Rename into place a CSV the embedded store refuses: ``bad-data``, a
-    row with a negative count; ``missing-column``, no ``failures`` column."""
+    """Write to ``path`` (beside it, then renamed) a CSV the embedded store
+    refuses: ``bad-data``, a negative count on line 3; ``missing-column``,
+    no ``failures`` column."""
     partial = f"{path}.writing"
     with open(partial, "wb") as f:
         if kind == "bad-data":
@@ -145,44 +94,12 @@ def write_refused(path, kind):
 
 
 def config_text(data_path, cache_dir, fresh_model=False):
+    """The drill's configuration (TOML): the store on ``data_path``, the
+    model ``default``, and with ``fresh_model`` one more, ``fresh``."""
     text = f'cache_dir = "{cache_dir}"\n\n[stores.default]\npath = "{data_path}"\n\n[models.default]\n'
     if fresh_model:
         text += '\n[models.fresh]\nprior_alpha = 2.0\n'
     return text
-
-
-@dataclass
-class Load:
-    """wrk's summary: requests completed, its error counts, the answers by
-    status and those with ``Connection: close``, latency in ms."""
-
-    requests: int = 0
-    seconds: float = 0.0
-    connect: int = 0
-    read: int = 0
-    write: int = 0
-    timeout: int = 0
-    non_2xx: int = 0
-    closes: int = 0
-    shed: int = 0                       # of the non-2xx: 503 "overloaded" (admission control)
-    p50_ms: float = 0.0
-    p99_ms: float = 0.0
-    max_ms: float = 0.0
-    statuses: dict = field(default_factory=dict)
-
-    @classmethod
-    def parse(cls, output):
-        """The summary line wrk's script printed; RuntimeError if none."""
-        line = next((l for l in output.splitlines() if l.startswith("MABROLLOUT ")), None)
-        if line is None:
-            raise RuntimeError(f"wrk printed no summary:\n{output}")
-        values = dict(item.split("=", 1) for item in line.split()[1:])
-        load = cls(statuses={int(k[5:]): int(v) for k, v in values.items() if k.startswith("http_")})
-        for name in ("requests", "connect", "read", "write", "timeout", "non_2xx", "closes", "shed"):
-            setattr(load, name, int(values[name]))
-        load.seconds = int(values["duration_us"]) / 1e6
-        load.p50_ms, load.p99_ms, load.max_ms = (int(values[k]) / 1000 for k in ("p50_us", "p99_us", "max_us"))
-        return load
 
 
 @dataclass
@@ -197,7 +114,7 @@ class Result:
     non_2xx: int
     shed: int                           # of the non-2xx: 503 "overloaded" (admission control)
     lost: int
-    load: Load | None
+    load: WrkCounts | None
     tally: Tally | None
     probes: int
     probe_failures: list
@@ -207,6 +124,9 @@ class Result:
     exit_status: int | None             # the master's, for term
     error_lines: list                   # the server log's ERROR lines
     ready_after: dict | None            # /ready once the outcome was there (HUP)
+    # HUP: whether every old worker began to drain only after every new
+    # worker was ready (from the server's log; None: not a HUP).
+    drained_after_ready: bool | None = None
 
     def as_dict(self):
         return asdict(self)
@@ -249,7 +169,7 @@ class Drill:
             f.write(config_text(self.data, self.cache))
         write_bodies(self.bodies, DemoIds(self.rows), self.ids, count=64, seed=20261201)
         with open(self.script, "w") as f:
-            f.write(WRK_SCRIPT)
+            f.write(COUNTING_WRK_SCRIPT)
 
     def start_server(self, timeout=600):
         env = {"MAB_CONFIG": self.config, "WEB_CONCURRENCY": str(self.workers), **self.env}
@@ -282,6 +202,7 @@ class Drill:
             raise ValueError(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
         if scenario == "term":
             return self._run_term(at, tail)
+        staged = self._stage(scenario)
         url = f"http://127.0.0.1:{self.server.port}/predict"
         # A long run stopped by SIGINT (wrk then prints its summary): the
         # drill decides when it has seen enough.
@@ -295,17 +216,23 @@ class Drill:
         time.sleep(at)
         before = sorted(self.server.worker_pids())
         probes, failures = [0], []
-        self._change(scenario)
-        signalled = time.monotonic()
-        os.kill(self.server.process.pid, signal.SIGHUP)
-        outcome = self._wait_for_outcome(scenario, before, signalled, probes, failures)
-        ready = self._ready() if outcome is not None else None
+        if scenario == "steady":
+            time.sleep(STEADY_SECONDS)
+            outcome, ready = 0.0, self._ready()
+        else:
+            # The new file, written before the load began, is renamed into
+            # place: what a pipeline should do (see write_data).
+            os.replace(staged, self.config if scenario == "hup-config" else self.data)
+            signalled = time.monotonic()
+            os.kill(self.server.process.pid, signal.SIGHUP)
+            outcome = self._wait_for_outcome(scenario, before, signalled, probes, failures)
+            ready = self._ready() if outcome is not None else None
         time.sleep(tail)
         after = sorted(self.server.worker_pids())
         self.wrk.send_signal(signal.SIGINT)
         output, _ = self.wrk.communicate(timeout=60)
         self.wrk = None
-        load = Load.parse(output)
+        load = WrkCounts.parse(output)
         lost = load.non_2xx + load.read + load.write + load.timeout + load.connect + len(failures)
         return Result(
             scenario=scenario, rows=self.rows, requests=load.requests, non_2xx=load.non_2xx, shed=load.shed,
@@ -314,6 +241,7 @@ class Drill:
             outcome_seconds=None if outcome is None else round(outcome, 3),
             workers_before=before, workers_after=after, exit_status=None,
             error_lines=self._error_lines(), ready_after=ready,
+            drained_after_ready=None if scenario == "steady" else self._drained_after_ready(before, after),
         )
 
     def _run_term(self, at, tail):
@@ -349,19 +277,38 @@ class Drill:
             error_lines=self._error_lines(), ready_after=None,
         )
 
+    def _drained_after_ready(self, old, new):
+        """Whether, in the log, each old worker's "draining" line comes
+        after every new worker's "worker ready" line (mab.handover)."""
+        lines = self.server.output().splitlines()
+
+        def line_of(pid, text):
+            return next((i for i, line in enumerate(lines) if f"[{pid}] [INFO] {text}" in line), None)
+
+        ready = [line_of(pid, "worker ready") for pid in new]
+        drained = [line_of(pid, "draining:") for pid in old]
+        if None in ready or None in drained:
+            return False
+        return min(drained) > max(ready)
+
     def _error_lines(self):
         return [line for line in self.server.output().splitlines() if "[ERROR]" in line]
 
-    def _change(self, scenario):
-        if scenario == "hup-data":
-            write_data(self.data, self.rows, seed=2, extra=f"{PROBE_ID},1000000,0\n".encode())
-        elif scenario == "hup-config":
-            partial = self.config + ".writing"
-            with open(partial, "w") as f:
+    def _stage(self, scenario):
+        """Write the file the scenario renames into place; its path (None for steady)."""
+        if scenario == "steady":
+            return None
+        if scenario == "hup-config":
+            staged = self.config + ".next"
+            with open(staged, "w") as f:
                 f.write(config_text(self.data, self.cache, fresh_model=True))
-            os.replace(partial, self.config)
+        elif scenario == "hup-data":
+            staged = self.data + ".next"
+            write_data(staged, self.rows, seed=2, extra=f"{PROBE_ID},1000000,0\n".encode())
         else:
-            write_refused(self.data, scenario.removeprefix("hup-"))
+            staged = self.data + ".next"
+            write_refused(staged, scenario.removeprefix("hup-"))
+        return staged
 
     def _wait_for_outcome(self, scenario, before, signalled, probes, failures):
         """Seconds from the HUP until only new workers run and every probe
