@@ -55,7 +55,10 @@ def main(argv=None):
     parser.add_argument("--outcome-timeout", type=float, default=300.0,
                         help="longest wait for the change to be served, or the server to stop (default 300 s)")
     parser.add_argument("--server-cores", help="taskset list for the server (default: no pinning)")
-    parser.add_argument("--max-queue-ms", help="MAB_MAX_QUEUE_MS for the server (default: the service's default)")
+    parser.add_argument("--max-queue-ms", help="MAB_MAX_QUEUE_MS for the server (default: the service's default; "
+                        "0 turns admission control off)")
+    parser.add_argument("--compile-niceness", help="MAB_COMPILE_NICENESS for the server: the niceness of the "
+                        "compile a HUP runs (default: the service's, 10)")
     parser.add_argument("--work-dir", help="where the files go (default: a temporary directory, removed after)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
@@ -68,6 +71,8 @@ def main(argv=None):
     env = {}
     if args.max_queue_ms is not None:
         env["MAB_MAX_QUEUE_MS"] = args.max_queue_ms
+    if args.compile_niceness is not None:
+        env["MAB_COMPILE_NICENESS"] = args.compile_niceness
     results = []
     try:
         for scenario in scenarios:

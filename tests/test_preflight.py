@@ -172,3 +172,28 @@ def test_a_refused_reload_keeps_what_was_checked_and_says_why(tmp_path, broken, 
     reload = preflight.last_reload()
     assert reload["status"] == "refused" and reload["error"] == error
     assert reload["serving"] == {data: before}
+
+
+def test_a_reload_compiles_in_a_child_at_a_lower_priority(tmp_path, make_config, caplog):
+    data = write(tmp_path, "items.csv", b"item_id,successes,failures\nA,9,1\n")
+    config = make_config(MAB_DATA=data)
+    caplog.set_level("INFO", logger="mab.preflight")
+    preflight.compile_niced(config, niceness=5)
+    target = embedded.cache_path(data, config.cache_dir)
+    assert os.path.exists(os.path.join(target, "meta.json"))
+    assert f"into {target} in " in caplog.text and f"at niceness {os.nice(0) + 5}" in caplog.text
+    # Found compiled: no second child.
+    caplog.clear()
+    preflight.compile_niced(config)
+    assert "compiled" not in caplog.text
+
+
+def test_a_refused_file_gives_the_same_message_from_the_child(tmp_path, make_config):
+    data = write(tmp_path, "items.csv", b"item_id,successes,failures\nA,9,1\nB,-3,1\n")
+    config = make_config(MAB_DATA=data)
+    with pytest.raises(DataError) as in_process:
+        check_embedded_stores(config)
+    with pytest.raises(DataError) as in_child:
+        preflight.compile_niced(config)
+    assert in_child.value.message == in_process.value.message
+    assert "items.csv: line 3, column 'successes': '-3' is not a count" in in_child.value.message
