@@ -199,11 +199,12 @@ def on_reload(server):
     A changed CSV file is compiled (8 s of CPU for 10 million rows) while
     the old workers serve, in a child process at niceness
     MAB_COMPILE_NICENESS (default 10: serving comes first; 0: the compile
-    competes with the workers as an equal). If the check fails, the error is logged (ERROR, with
-    the file and line, or the key) and shown by /ready, and the new workers
-    serve the configuration and data checked before. Then tell the old
-    workers to serve until the new ones are ready (mab.handover): gunicorn
-    sends them TERM as soon as it has spawned the new ones."""
+    competes with the workers as an equal). If the check fails, the error
+    is logged (ERROR, with the file and line, or the key), counted
+    (mab_reloads_total) and shown by /ready, and the new workers serve the
+    configuration and data checked before. Then tell the old workers to
+    serve until the new ones are ready (mab.handover): gunicorn sends them
+    TERM as soon as it has spawned the new ones."""
     from mab import handover, preflight
     from mab.config import load_config
     from mab.metrics import reloads_counter

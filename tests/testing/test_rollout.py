@@ -12,8 +12,10 @@ and its 503s would hide what these tests look for.
 """
 
 import hashlib
+import http.client
 import os
 import shutil
+import time
 
 import pytest
 
@@ -35,6 +37,41 @@ def drill(tmp_path):
         drill.prepare()
         drill.start_server()
         yield drill
+
+
+def scrape(drill):
+    """{(name, sorted labels): value} of one GET /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    connection = http.client.HTTPConnection("127.0.0.1", drill.server.port, timeout=30)
+    try:
+        connection.request("GET", "/metrics")
+        text = connection.getresponse().read().decode()
+    finally:
+        connection.close()
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def wait_for_metrics(drill, condition, timeout=30):
+    """The first scrape that meets `condition` (workers flush every second)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        values = scrape(drill)
+        if condition(values):
+            return values
+        assert time.monotonic() < deadline, f"no scrape met the condition in {timeout}s: {values}"
+        time.sleep(0.2)
+
+
+def snapshots(values):
+    """The sha256 labels of mab_snapshot_info for the store default."""
+    return sorted(dict(labels)["sha256"] for (name, labels) in values
+                  if name == "mab_snapshot_info" and ("store", "default") in labels)
+
+
+def reloads(values, result):
+    return values.get(("mab_reloads_total", (("result", result),)), 0)
 
 
 def assert_handed_over(result):
@@ -65,6 +102,11 @@ def test_a_new_csv_on_hup_is_served_and_nothing_is_lost(drill):
     # The new counts: the probe row only the new file holds is found.
     status, answer = drill._post({"item_ids": [PROBE_ID], "seed": 1})
     assert status == 200 and answer["missing"] == 0
+    # /metrics: the new snapshot only, once the old workers are gone.
+    values = wait_for_metrics(drill, lambda values: snapshots(values) == [store["sha256"]])
+    assert values[("mab_snapshot_rows", (("store", "default"),))] == ROWS + 1
+    assert values[("mab_snapshot_created_timestamp_seconds", (("store", "default"),))] == store["source_mtime"]
+    assert (reloads(values, "applied"), reloads(values, "refused")) == (1, 0)
     # Compiled once, by the master, before the new workers started.
     log = drill.server.output()
     assert log.count(f"compiled {drill.data} ({ROWS + 1} rows)") == 1
@@ -111,6 +153,8 @@ def test_a_bad_new_file_leaves_the_old_snapshot_serving_and_says_why(drill, scen
     # The old snapshot, as before.
     after = result.ready_after["stores"]["default"]
     assert (after["snapshot"], after["sha256"], after["items"]) == (before["snapshot"], before["sha256"], ROWS)
+    values = wait_for_metrics(drill, lambda values: reloads(values, "refused") == 1)
+    assert snapshots(values) == [before["sha256"]] and reloads(values, "applied") == 0
 
 
 def test_term_answers_every_request_sent_before_the_listening_socket_closed(drill):
