@@ -134,12 +134,13 @@ def on_starting(server):
 
     _route_app_logs(server.log)
     _prepare_metrics_dir(server)
-    handover.prepare()
     try:
         for name, path in preflight.start(load_config).items():
             server.log.info("store %r: checked, compiled into %s", name, path)
     except MabError as exc:
         sys.exit(f"mab: {exc.message}")
+    # After the check: on_exit, which removes it, does not run when the start fails.
+    handover.prepare()
 
 
 # -- Metrics (mab.metrics) --------------------------------------------------------
