@@ -145,12 +145,22 @@ class Recorder:
         self.breaker_open = Gauge(
             "mab_store_breaker_open", "Workers whose circuit breaker for the store is open.",
             ["store"], multiprocess_mode="livesum", registry=r)
-        self.data_rows = Gauge(
-            "mab_data_rows", "Rows of the embedded data snapshot a worker serves.",
-            ["store"], multiprocess_mode="livemax", registry=r)
-        self.data_age = Gauge(
-            "mab_data_age_seconds", "Age of the embedded data snapshot's source file (since its mtime).",
-            ["store"], multiprocess_mode="livemax", registry=r)
+        # The embedded stores' snapshots. While a reload hands over, old and
+        # new workers serve different snapshots for a moment: the info
+        # metric then has a series for each, the timestamp is the oldest
+        # data served (what a staleness alert wants), the rows those most
+        # recently reported.
+        self.snapshot_info = Gauge(
+            "mab_snapshot_info", "Always 1 per embedded data snapshot a live worker serves; the labels identify "
+            "it: its compiled copy's name, its CSV file and the file's SHA-256.",
+            ["store", "snapshot", "source", "sha256"], multiprocess_mode="livemax", registry=r)
+        self.snapshot_rows = Gauge(
+            "mab_snapshot_rows", "Rows of the embedded data snapshot served.",
+            ["store"], multiprocess_mode="livemostrecent", registry=r)
+        self.snapshot_created = Gauge(
+            "mab_snapshot_created_timestamp_seconds", "When the oldest embedded data snapshot a live worker "
+            "serves was written (its CSV file's modification time, Unix seconds); age = time() - this.",
+            ["store"], multiprocess_mode="livemin", registry=r)
         if build is not None:
             self.build_info.labels(str(build["version"]), str(build["openmp"]), str(build["sampler_threads"])).set(1)
 
@@ -299,11 +309,11 @@ class Recorder:
             except Exception:       # a store that cannot describe itself must not stop the metrics
                 log.exception("store %r: describe() failed", name)
                 continue
-            if "items" in info:     # the embedded store
-                self.data_rows.labels(name).set(info["items"])
-                mtime = info.get("source_mtime")
-                if mtime is not None:
-                    self.data_age.labels(name).set(max(0.0, time.time() - mtime))
+            if "snapshot" in info:      # the embedded store
+                self.snapshot_info.labels(name, info["snapshot"], info["source"], info.get("sha256") or "").set(1)
+                self.snapshot_rows.labels(name).set(info["items"])
+                if info.get("source_mtime") is not None:
+                    self.snapshot_created.labels(name).set(info["source_mtime"])
             current = {}
             for event in STORE_FETCH_COUNTERS:
                 value = info.get("fetches", {}).get(event)
@@ -364,6 +374,14 @@ class MetricsResource:
 
 
 # -- the master's side (mab/gunicorn_conf.py) ----------------------------------------
+
+
+def reloads_counter():
+    """mab_reloads_total{result}, counted by the master (on_reload): each
+    reload (HUP) applied, or refused (its configuration or data did not
+    pass the check; the workers keep what was checked before)."""
+    return Counter("mab_reloads", "Reloads (HUP) by result: applied, or refused (the configuration and data "
+                   "checked before stay served).", ["result"], registry=None)
 
 
 def worker_restarts_counter():

@@ -30,6 +30,7 @@ import mab
 from mab import metrics as mab_metrics      # create_app's `metrics` parameter would shadow "metrics"
 from mab import sampling
 from mab.access_log import REQUEST_ID_KEY, request_id
+from mab.preflight import last_reload
 from mab.sampling import sample_beta
 from mab._wire import IdSpans
 from mab.service import PredictionService, read_prediction_request
@@ -225,13 +226,21 @@ class HealthResource:
 
 
 class ReadinessResource:
-    """GET /ready: 503 until every model and store has loaded, then 200."""
+    """GET /ready: 503 until every model and store has loaded, then 200.
+
+    Under gunicorn it also says how the last reload went (``reload``, from
+    ``mab.preflight.last_reload``): a reload refused for a bad file leaves
+    the server ready, serving the data checked before, and ``reload``
+    says why (``status`` "refused", ``error``)."""
 
     def __init__(self, service):
         self.service = service
 
     def on_get(self, req, resp):
         ready, details = self.service.readiness()
+        reload = last_reload()
+        if reload is not None:
+            details["reload"] = reload
         details["worker"] = served_by()
         if not ready:
             resp.status = 503

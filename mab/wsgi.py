@@ -11,6 +11,9 @@ to measure what they cost side by side.
 import os
 
 from mab.config import load_config
+from mab.preflight import checked_config
 from mab.web import create_app
 
-app = create_app(load_config(), metrics=os.environ.get("MAB_METRICS", "1") != "0")
+# Under mab's gunicorn settings the master has checked the configuration
+# (mab.preflight) and the worker serves exactly that; elsewhere it is read here.
+app = create_app(checked_config() or load_config(), metrics=os.environ.get("MAB_METRICS", "1") != "0")

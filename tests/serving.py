@@ -20,13 +20,18 @@ class Server:
     The worker's queue limit is off (MAB_MAX_QUEUE_MS=0) unless `env` sets
     it: a busy test machine stalls a worker for 100 ms at times, and a test
     of something else must not meet a 503 for it. Admission control has its
-    own tests (tests/http/test_overload.py)."""
+    own tests (tests/http/test_overload.py).
+
+    graceful_timeout is 5 s unless `env` sets MAB_GRACEFUL_TIMEOUT: a
+    stopping worker keeps an idle keep-alive connection open for its next
+    request (mab.http.worker), so a test that leaves one open would hold
+    the stop that long (30 s by default)."""
 
     def __init__(self, tmp_path, env, app="app:app"):
         self.app = app
         self.port = free_port()
         self.log_path = tmp_path / "gunicorn.log"
-        env = {"MAB_MAX_QUEUE_MS": "0", **env}
+        env = {"MAB_MAX_QUEUE_MS": "0", "MAB_GRACEFUL_TIMEOUT": "5", **env}
         self.env = dict(os.environ, GUNICORN_CMD_ARGS=f"--bind 127.0.0.1:{self.port}", **env)
         self.process = None
 

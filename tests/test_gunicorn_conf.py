@@ -191,7 +191,7 @@ def test_workers_serve_the_data_the_master_checked(tmp_path):
         os.kill(server.process.pid, signal.SIGHUP)
         wait_for_new_workers(server, before)
         server.wait_ready()
-        assert "reload: " in server.output() and "line 1: a carriage return" in server.output()
+        assert "reload refused: " in server.output() and "line 1: a carriage return" in server.output()
         assert ready_items(server) == 1
         # Fixed: the next reload serves the new file.
         replace(data, b"item_id,successes,failures\nA,9,1\nB,2,8\n")
@@ -293,7 +293,7 @@ def test_every_scrape_sees_the_requests_of_both_workers(tmp_path, data_csv):
             scraped_by.add(worker)
             assert predictions_counted(values) == n
             assert values[("mab_predict_items_sum", ())] == 400 * n
-            assert values[("mab_data_rows", (("store", "default"),))] == N_ITEMS
+            assert values[("mab_snapshot_rows", (("store", "default"),))] == N_ITEMS
         assert scraped_by == answered_by, "both workers answered scrapes"
     finally:
         returncode = server.stop()

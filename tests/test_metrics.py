@@ -4,6 +4,8 @@ Without PROMETHEUS_MULTIPROC_DIR the app exports its own registry; the
 multiprocess mode under gunicorn is tested in tests/test_gunicorn_conf.py.
 """
 
+import hashlib
+
 import orjson
 import pytest
 from falcon import testing
@@ -76,9 +78,16 @@ def test_predictions_show_in_the_metrics(client):
     build = [labels for (name, labels) in scraped if name == "mab_build_info"]
     assert len(build) == 1 and dict(build[0])["version"] == mab.__version__
     assert dict(build[0])["sampler_threads"] == str(client.app.service.sampler_threads)
-    # The embedded stores: rows and the age of the source file.
-    assert value(scraped, "mab_data_rows", store="default") == client.app.service.stores["default"].describe()["items"]
-    assert 0 <= value(scraped, "mab_data_age_seconds", store="default") < 3600
+    # The embedded stores' snapshots: identity, rows, and when the file was written.
+    store = client.app.service.stores["default"].describe()
+    assert value(scraped, "mab_snapshot_rows", store="default") == store["items"]
+    assert value(scraped, "mab_snapshot_created_timestamp_seconds", store="default") == store["source_mtime"]
+    info = [dict(labels) for (name, labels) in scraped if name == "mab_snapshot_info" and ("store", "default") in labels]
+    assert info == [{"store": "default", "snapshot": store["snapshot"], "source": store["source"],
+                     "sha256": store["sha256"]}]
+    assert value(scraped, "mab_snapshot_info", **info[0]) == 1
+    with open(store["source"], "rb") as f:
+        assert store["sha256"] == hashlib.sha256(f.read()).hexdigest()
 
     # The scrape itself is counted by the next one.
     assert value(scrape(client), "mab_http_requests_total", route="/metrics", status="200", model="") == 1

@@ -2,9 +2,13 @@
 as a worker will, and pins what it checked for the workers."""
 
 import os
+import re
+import time
 
 import pytest
 
+from mab import preflight
+from mab.config import load_config
 from mab.errors import ConfigError, DataError
 from mab.preflight import check_embedded_stores
 from mab.service import PredictionService
@@ -12,7 +16,9 @@ from mab.stores import create_store, embedded
 
 
 @pytest.fixture(autouse=True)
-def unpin():
+def unpin(monkeypatch):
+    monkeypatch.setattr(preflight, "_checked_config", None)
+    monkeypatch.setattr(preflight, "_last_reload", None)
     yield
     embedded.pin({})
 
@@ -99,3 +105,95 @@ def test_remote_stores_are_left_to_the_workers(tmp_path, make_config):
                                "feature_online_store": "s", "feature_view": "v"}},
     })
     assert check_embedded_stores(config) == {}
+
+
+# -- start and reload: the configuration and the data pinned together ------------------
+
+
+def write_config(tmp_path, text):
+    path = tmp_path / "mab.toml"
+    partial = tmp_path / "mab.toml.partial"
+    partial.write_text(text)
+    os.replace(partial, path)
+    return str(path)
+
+
+def test_start_pins_the_configuration_it_checked(tmp_path):
+    data = write(tmp_path, "items.csv", b"item_id,successes,failures\nA,9,1\n")
+    environ = {"MAB_CONFIG": write_config(tmp_path, f'cache_dir = "{tmp_path}/cache"\n[stores.default]\n'
+                                                     f'path = "{data}"\n[models.default]\nprior_alpha = 2.0\n')}
+    checked = preflight.start(lambda: load_config(environ))
+    assert preflight.checked_config().models["default"].prior_alpha == 2.0
+    assert embedded.pinned() == {data: checked["default"]}
+    assert preflight.last_reload() is None      # a start is not a reload
+
+
+def test_a_reload_that_passes_serves_the_new_configuration_and_data(tmp_path):
+    data = write(tmp_path, "items.csv", b"item_id,successes,failures\nA,9,1\n")
+    text = f'cache_dir = "{tmp_path}/cache"\n[stores.default]\npath = "{data}"\n'
+    environ = {"MAB_CONFIG": write_config(tmp_path, text)}
+    before = preflight.start(lambda: load_config(environ))["default"]
+    write(tmp_path, "items.csv.new", b"item_id,successes,failures\nA,9,1\nB,1,1\n")
+    os.replace(tmp_path / "items.csv.new", data)
+    write_config(tmp_path, text + "[models.default]\n[models.fresh]\nprior_beta = 3.0\n")
+    checked, error = preflight.reload(lambda: load_config(environ))
+    assert error is None and checked["default"] != before
+    assert set(preflight.checked_config().models) == {"default", "fresh"}
+    assert embedded.pinned() == {data: checked["default"]}
+    reload = preflight.last_reload()
+    assert reload["status"] == "applied" and abs(reload["at"] - time.time()) < 60
+
+
+@pytest.mark.parametrize("broken, message", [
+    ("data", r"items.csv: line 3, column 'successes': '-3' is not a count"),
+    ("column", r"store 'default' \(.*items.csv\) has no feature\(s\) 'failures'"),
+    ("config", r"models.default.prior_alpha must be > 0"),
+])
+def test_a_refused_reload_keeps_what_was_checked_and_says_why(tmp_path, broken, message):
+    data = write(tmp_path, "items.csv", b"item_id,successes,failures\nA,9,1\n")
+    text = f'cache_dir = "{tmp_path}/cache"\n[stores.default]\npath = "{data}"\n'
+    environ = {"MAB_CONFIG": write_config(tmp_path, text)}
+    before = preflight.start(lambda: load_config(environ))["default"]
+    config = preflight.checked_config()
+    if broken == "data":
+        write(tmp_path, "items.csv.new", b"item_id,successes,failures\nA,9,1\nB,-3,1\n")
+        os.replace(tmp_path / "items.csv.new", data)
+    elif broken == "column":
+        write(tmp_path, "items.csv.new", b"item_id,successes\nA,9\n")
+        os.replace(tmp_path / "items.csv.new", data)
+    else:
+        write_config(tmp_path, text + "[models.default]\nprior_alpha = -1.0\n")
+    checked, error = preflight.reload(lambda: load_config(environ))
+    assert checked is None and re.search(message, error)
+    # The workers forked now serve what was checked before ...
+    assert preflight.checked_config() is config
+    assert embedded.pinned() == {data: before}
+    # ... and /ready says why (mab.web shows last_reload()).
+    reload = preflight.last_reload()
+    assert reload["status"] == "refused" and reload["error"] == error
+    assert reload["serving"] == {data: before}
+
+
+def test_a_reload_compiles_in_a_child_at_a_lower_priority(tmp_path, make_config, caplog):
+    data = write(tmp_path, "items.csv", b"item_id,successes,failures\nA,9,1\n")
+    config = make_config(MAB_DATA=data)
+    caplog.set_level("INFO", logger="mab.preflight")
+    preflight.compile_niced(config, niceness=5)
+    target = embedded.cache_path(data, config.cache_dir)
+    assert os.path.exists(os.path.join(target, "meta.json"))
+    assert f"into {target} in " in caplog.text and f"at niceness {os.nice(0) + 5}" in caplog.text
+    # Found compiled: no second child.
+    caplog.clear()
+    preflight.compile_niced(config)
+    assert "compiled" not in caplog.text
+
+
+def test_a_refused_file_gives_the_same_message_from_the_child(tmp_path, make_config):
+    data = write(tmp_path, "items.csv", b"item_id,successes,failures\nA,9,1\nB,-3,1\n")
+    config = make_config(MAB_DATA=data)
+    with pytest.raises(DataError) as in_process:
+        check_embedded_stores(config)
+    with pytest.raises(DataError) as in_child:
+        preflight.compile_niced(config)
+    assert in_child.value.message == in_process.value.message
+    assert "items.csv: line 3, column 'successes': '-3' is not a count" in in_child.value.message

@@ -239,6 +239,22 @@ def test_ready_when_loaded(client):
     assert body["stores"]["default"]["backend"] == "embedded" and body["stores"]["default"]["items"] == 5
     assert body["sampler"]["compiled"] is True and body["sampler"]["threads"] == 1
     assert "openmp" in body["sampler"] and body["version"]
+    # The snapshot served: its compiled copy, the file's SHA-256, its age.
+    store = body["stores"]["default"]
+    assert store["snapshot"].startswith("items.csv-") and len(store["sha256"]) == 64
+    assert 0 <= store["age_seconds"] < 3600 and store["compiled_at"] >= store["source_mtime"]
+    assert "reload" not in body                 # no reload happened (nor gunicorn)
+
+
+def test_ready_says_a_reload_was_refused(client, monkeypatch):
+    from mab import preflight
+
+    refused = {"status": "refused", "at": 1.0, "error": "/srv/items.csv: line 3: ...",
+               "serving": {"/srv/items.csv": "/cache/items.csv-0123"}}
+    monkeypatch.setattr(preflight, "_last_reload", refused)
+    result = client.simulate_get("/ready")
+    # Still ready: the data checked before is served.
+    assert result.status_code == 200 and result.json["reload"] == refused
 
 
 def test_not_ready_before_loading(two_model_config):

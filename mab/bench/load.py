@@ -13,6 +13,7 @@ import random
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from mab.bench.systems import CLK_TCK
@@ -45,6 +46,51 @@ done = function(summary, latency, requests)
 end
 """
 
+
+# wrk's script for mab.testing.rollout: rotate through the prepared bodies
+# (paced as WRK_SCRIPT's), count the answers by status, those that close
+# the connection and the 503s of admission control, and print one summary
+# line (WrkCounts.parse). The per-thread counters reach done() through
+# setup() and thread:get().
+COUNTING_WRK_SCRIPT = r"""
+local bodies = {}
+for line in io.lines(os.getenv("MAB_BENCH_BODIES")) do bodies[#bodies + 1] = line end
+local headers = {["Content-Type"] = "application/json"}
+-- Paced as in WRK_SCRIPT: between requests a connection sits idle.
+local pause = tonumber(os.getenv("MAB_BENCH_DELAY_MS") or "0")
+if pause > 0 then
+  math.randomseed(tonumber(os.getenv("MAB_BENCH_SEED") or "1"))
+  delay = function() return -math.log(1 - math.random()) * pause end
+end
+local threads = {}
+setup = function(thread) threads[#threads + 1] = thread end
+init = function(args) statuses = {}; closes = 0; shed = 0; i = 0 end
+request = function()
+  i = i % #bodies + 1
+  return wrk.format("POST", nil, headers, bodies[i])
+end
+response = function(status, headers, body)
+  statuses[status] = (statuses[status] or 0) + 1
+  local connection = headers["Connection"] or headers["connection"]
+  if connection and connection:lower() == "close" then closes = closes + 1 end
+  if status == 503 and body:find('"overloaded"', 1, true) then shed = shed + 1 end
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  local all, closed, turned_away = {}, 0, 0
+  for _, thread in ipairs(threads) do
+    for code, n in pairs(thread:get("statuses")) do all[code] = (all[code] or 0) + n end
+    closed = closed + thread:get("closes")
+    turned_away = turned_away + thread:get("shed")
+  end
+  io.write(string.format("MABROLLOUT requests=%d duration_us=%d connect=%d read=%d write=%d timeout=%d "
+    .. "non_2xx=%d closes=%d shed=%d p50_us=%d p99_us=%d max_us=%d",
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.timeout, e.status, closed, turned_away,
+    latency:percentile(50), latency:percentile(99), latency.max))
+  for code, n in pairs(all) do io.write(string.format(" http_%d=%d", code, n)) end
+  io.write("\n")
+end
+"""
 
 
 def ensure_wrk():
@@ -154,3 +200,53 @@ def run_wrk(server, args, connections, duration, bodies_path, script_path, targe
                 step.cpu_us_per_request_by_worker[str(pid)] = (ticks - before.get(pid, 0)) / CLK_TCK / requests * 1e6
     return step
 
+
+class DemoIds(Sequence):
+    """The ids of ``mab.demo.write_items``'s rows, ``item-000000`` ...,
+    without holding them: a sequence of ``n`` str for ``random.sample``."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return f"item-{i:06d}"
+
+
+@dataclass
+class WrkCounts:
+    """What COUNTING_WRK_SCRIPT printed: requests completed, wrk's error
+    counts, the answers by status, those with ``Connection: close`` and the
+    503s of admission control (``shed``), latency in ms."""
+
+    requests: int = 0
+    seconds: float = 0.0
+    connect: int = 0
+    read: int = 0
+    write: int = 0
+    timeout: int = 0
+    non_2xx: int = 0
+    closes: int = 0
+    shed: int = 0                       # of the non-2xx: 503 "overloaded" (admission control)
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    max_ms: float = 0.0
+    statuses: dict = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, output):
+        """The summary line wrk's script printed; RuntimeError if none."""
+        line = next((l for l in output.splitlines() if l.startswith("MABROLLOUT ")), None)
+        if line is None:
+            raise RuntimeError(f"wrk printed no summary:\n{output}")
+        values = dict(item.split("=", 1) for item in line.split()[1:])
+        load = cls(statuses={int(k[5:]): int(v) for k, v in values.items() if k.startswith("http_")})
+        for name in ("requests", "connect", "read", "write", "timeout", "non_2xx", "closes", "shed"):
+            setattr(load, name, int(values[name]))
+        load.seconds = int(values["duration_us"]) / 1e6
+        load.p50_ms, load.p99_ms, load.max_ms = (int(values[k]) / 1000 for k in ("p50_us", "p99_us", "max_us"))
+        return load

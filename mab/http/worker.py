@@ -37,6 +37,19 @@ sends, for at most ``LINGER_SECONDS`` and ``LINGER_BYTES`` (RFC 9112
 section 9.6): closing with unread input would reset the connection and
 could destroy the response in flight. TLS is not supported: terminate it in
 front, or use a stock gunicorn worker.
+
+Stopping (TERM from the master: the server stops, a reload replaces the
+worker, or ``max_requests`` recycles it; ``_shutdown_step``): on a reload
+the worker first serves on until its replacements are ready
+(``mab.handover``). Then it drains: it accepts the connections already
+queued on the listening sockets and closes its copies of them, so that
+once every process has, new connections are refused rather than queued
+and reset; it answers every request with ``Connection: close``; and it
+closes a connection after that answer (lingering as above), when the
+client closes it, when it has idled ``keepalive`` seconds, or at the
+latest ``graceful_timeout`` after the drain began. An idle connection is
+not closed sooner: HTTP/1.1 cannot tell a client not to reuse it, so the
+close would race the client's next request.
 """
 
 import collections
@@ -50,6 +63,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from gunicorn.workers import base
 
+from mab import handover
 from mab.http.admission import CMSG_SIZE, Admission, arrival, enable_receive_timestamps
 from mab.http.protocol import HttpConnection
 from mab.http.request import Limits, ProtocolError
@@ -57,11 +71,9 @@ from mab.http.response import error_response
 from mab.http.wsgi import build_environ, run_application
 
 READ_SIZE = 256 * 1024
-# When the worker stops, a keep-alive connection is closed once it has been
-# idle this long. Closing it at once would race a client that is about to
-# reuse it (its request would meet a reset); a request that arrives in time
-# is answered with Connection: close.
-SHUTDOWN_IDLE_SECONDS = 0.5
+# How often an old worker waiting for its replacements (mab.handover) looks
+# whether they are ready.
+HANDOVER_POLL_SECONDS = 0.05
 # How long, and how much, a closing connection reads and discards of what
 # the client still sends (as gunicorn's util.close_graceful).
 LINGER_SECONDS = 2.0
@@ -123,6 +135,8 @@ class HttptoolsWorker(base.Worker):
         self.pool_waiting = 0                    # requests submitted to the pool, not yet started
         self.pool_lock = threading.Lock()
         self.real_minus_monotonic = time.time() - self.now
+        # None while serving, then "handover" and "drain" (_shutdown_step).
+        self.stopping = None
         super().init_process()   # loads the app, then calls run()
 
     def load_wsgi(self):
@@ -156,21 +170,14 @@ class HttptoolsWorker(base.Worker):
         last_report = time.monotonic()
         # What waited while the app loaded is a backlog to drain, not yet an overload.
         self.admission.note_empty(last_report)
-        accepting = True
         try:
-            while self.alive or self.connections:
+            while True:
                 now = time.monotonic()
                 if now - last_notify >= 1.0:
                     self.notify()
                     last_notify = now
-                if not self.alive and accepting:
-                    self._stop_accepting()
-                    accepting = False
-                    shutdown_deadline = now + self.cfg.graceful_timeout
-                if not self.alive:
-                    if now > shutdown_deadline:
-                        break
-                    self._close_idle(now - SHUTDOWN_IDLE_SECONDS)
+                if not self.alive and not self._shutdown_step(now):
+                    break
                 events = None
                 if self.pool is None and now - self.admission.last_empty > EMPTY_PROBE_SECONDS:
                     # Is anything waiting? If not, the queue is empty (and the
@@ -179,7 +186,7 @@ class HttptoolsWorker(base.Worker):
                     if not events:
                         self.admission.note_empty(time.monotonic())
                 if not events:
-                    events = self.selector.select(timeout=1.0 if self.alive else 0.1)
+                    events = self.selector.select(timeout=1.0 if self.alive else HANDOVER_POLL_SECONDS)
                 # Requests read in this pass without a kernel stamp count
                 # their wait from here.
                 self.now = time.monotonic()
@@ -204,18 +211,60 @@ class HttptoolsWorker(base.Worker):
             for conn in list(self.connections.values()):
                 self._close(conn)
 
+    # -- stopping ---------------------------------------------------------------------
+
+    def _shutdown_step(self, now):
+        """Once gunicorn has asked the worker to stop (``alive`` False): one
+        step of the stop, each pass of the loop. False when the loop ends.
+
+        1. Handover: while a reload is replacing this worker and its
+           replacements are not ready (``mab.handover``), serve as before.
+        2. Drain: take the connections already queued on the listening
+           sockets, close this worker's copies of them (once every process
+           has, the kernel refuses new connections: no request is sent on
+           them), and from then on answer every request with ``Connection:
+           close``, so each client leaves after an answer. A connection is
+           closed after such an answer, when its client closes it, when it
+           has been idle for ``keepalive`` seconds (the rule at all times),
+           or at the end: ``graceful_timeout`` after the drain began. An
+           idle connection is not closed sooner. HTTP/1.1 has no way to
+           tell a client not to reuse it (HTTP/2's GOAWAY), so closing it
+           would race the client's next request, which would meet a reset
+           or a close (wrk counts either as an error; docs/deploy.md).
+        3. The loop ends when no connection is left, or at that deadline.
+        """
+        if self.stopping is None:
+            self.stopping = "handover"
+            self.next_handover_check = 0.0
+        if self.stopping == "handover":
+            if now < self.next_handover_check:
+                return True
+            if handover.replacements_pending(self.age):
+                if not self.next_handover_check:
+                    self.log.info("serving until the new workers are ready")
+                self.next_handover_check = now + HANDOVER_POLL_SECONDS
+                return True
+            self.stopping = "drain"
+            self.shutdown_deadline = now + self.cfg.graceful_timeout
+            self._stop_accepting()
+            self.log.info("draining: %d connections; each closes after its next answer", len(self.connections))
+        return bool(self.connections) and now <= self.shutdown_deadline
+
     def _stop_accepting(self):
+        """Take every connection already waiting on the listening sockets,
+        then close this process's copies of them."""
         for listener in self.sockets:
             try:
                 self.selector.unregister(listener)
             except (KeyError, ValueError):
                 pass
-
-    def _close_idle(self, idle_since):
-        """Close connections with nothing in progress and no activity since `idle_since`."""
-        for conn in list(self.connections.values()):
-            if conn.linger_until is None and conn.http.idle and conn.last_activity <= idle_since:
-                self._close(conn)
+            while True:
+                try:
+                    sock, addr = listener.accept()
+                except OSError:         # BlockingIOError: the queue is empty
+                    break
+                self._adopt(sock, addr)
+            listener.close()
 
     def _sweep(self, now):
         """Close connections that idled, dawdled or stopped reading too long."""
@@ -258,6 +307,10 @@ class HttptoolsWorker(base.Worker):
                 self.log.warning("accept failed: %s", exc)
                 return
             raise
+        self._adopt(sock, addr)
+
+    def _adopt(self, sock, addr):
+        """Serve an accepted connection from now on."""
         sock.setblocking(False)
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -471,8 +524,11 @@ class HttptoolsWorker(base.Worker):
         A request that waited too long to start (mab.http.admission) is
         answered 503 without the application, the hooks or the access log."""
         started = time.monotonic()
+        # Answers keep their connection while the worker serves, and while it
+        # hands over to its replacements (mab.handover); not from the TERM
+        # until the worker knows which, nor in the drain.
         if not self.admission.admits(request, started):
-            return self.admission.refusal(request, self.alive)
+            return self.admission.refusal(request, self.alive or self.stopping == "handover")
         self.nr += 1
         if self.nr >= self.max_requests:
             if self.alive:
@@ -480,4 +536,5 @@ class HttptoolsWorker(base.Worker):
             self.alive = False
         environ = build_environ(request, conn.server, conn.addr,
                                 multithread=self.pool is not None, multiprocess=self.multiprocess)
-        return run_application(self, request, environ, request.keep_alive and self.alive, started)
+        keep_alive = request.keep_alive and (self.alive or self.stopping == "handover")
+        return run_application(self, request, environ, keep_alive, started)

@@ -43,8 +43,9 @@ log = logging.getLogger(__name__)
 
 # Part of the cache key: bump when the cache's layout, or what the reader
 # accepts, changes (3: the strict reader of mab.stores.csvfile; a copy compiled
-# by a laxer one must never be served).
-CACHE_FORMAT = 3
+# by a laxer one must never be served; 4: meta.json names the file's SHA-256
+# and when it was compiled, the snapshot's identity in /ready and /metrics).
+CACHE_FORMAT = 4
 ARRAYS = ("blob", "records", "slots")
 #: The column of when each row's counts were updated (mab.stores.csvfile).
 TIMESTAMP_FEATURE = csvfile.TIMESTAMP_COLUMN
@@ -79,8 +80,9 @@ class Settings:
         return cls(name=name, path=os.path.join(base_dir, os.path.expanduser(path)))
 
 
-def compile_csv(path, expected=None):
+def compile_csv(path, expected=None, digest=None):
     """Read, check and index a CSV file: ``(columns, {array name: array})``.
+    ``digest``, a ``hashlib`` object, is fed the file's bytes.
 
     ``expected``, an ``os.stat_result`` of the file taken earlier (the
     cache key's), must still describe the file: a file that changes while
@@ -103,6 +105,8 @@ def compile_csv(path, expected=None):
             f"{path}: the file changed while it was read; write a new file under another "
             "name and rename it into place, so that readers see all of it or none"
         )
+    if digest is not None:
+        digest.update(data)
     try:
         table = csvfile.read_csv(data)
         del data        # the file's bytes are not needed while indexing
@@ -164,7 +168,8 @@ def prepare(source, cache_dir):
         if os.path.exists(os.path.join(target, "meta.json")):
             return target, False
         start = time.perf_counter()
-        columns, arrays = compile_csv(source, expected=stat)
+        digest = hashlib.sha256()
+        columns, arrays = compile_csv(source, expected=stat, digest=digest)
         events = read_events_file(source)
         building = tempfile.mkdtemp(dir=cache_dir, prefix=".building-")
         try:
@@ -172,10 +177,14 @@ def prepare(source, cache_dir):
                 np.save(os.path.join(building, f"{name}.npy"), arrays[name])
             meta = {
                 "source": os.path.abspath(source),
-                # The snapshot's age (mab_data_age_seconds) counts from here.
+                # When the data was written: the snapshot's age counts from
+                # here (mab_snapshot_created_timestamp_seconds).
                 "source_mtime": stat.st_mtime,
+                # Its content, as `sha256sum` prints it: which file is served.
+                "sha256": digest.hexdigest(),
                 "columns": columns,
                 "rows": int(arrays["records"].shape[0] - 1),
+                "compiled_at": time.time(),
                 "build_seconds": round(time.perf_counter() - start, 3),
             }
             if events is not None:
@@ -354,7 +363,13 @@ class Store:
             "backend": self.backend,
             "source": meta["source"],
             "items": meta["rows"],
+            # The snapshot: its compiled copy's name (the file's path, size
+            # and modification time), the file's SHA-256, when the file was
+            # written and when it was compiled (Unix times).
+            "snapshot": os.path.basename(target),
+            "sha256": meta.get("sha256"),
             "source_mtime": meta.get("source_mtime"),
+            "compiled_at": meta.get("compiled_at"),
             "features": meta["columns"][1:],
             "load_seconds": round(time.perf_counter() - start, 3),
             "compiled_here": built,
@@ -395,7 +410,13 @@ class Store:
         return self._info.get("events")
 
     def describe(self):
-        return dict(self._info)
+        """What /ready shows: the source, rows (``items``), the snapshot's
+        identity and times, and ``age_seconds``: seconds since the file was
+        written."""
+        info = dict(self._info)
+        if info.get("source_mtime") is not None:
+            info["age_seconds"] = round(max(0.0, time.time() - info["source_mtime"]), 3)
+        return info
 
     def close(self):
         self._arrays = None

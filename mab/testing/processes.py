@@ -75,29 +75,37 @@ def kill_session(sid):
 
 
 class Gunicorn:
-    """The service under gunicorn with the repository's gunicorn.conf.py, in
-    its own session, pinned to `cores` (a taskset list such as "0") when
-    given, logging to `log_path`; stopped by PID, with anything of its
-    session left over. `env` adds to (and overrides) os.environ."""
+    """The service under gunicorn with the repository's gunicorn.conf.py
+    (`root`: the checkout), or with `root` None as ``mab serve`` runs it
+    (the packaged mab/gunicorn_conf.py and mab.wsgi:app), in its own
+    session, pinned to `cores` (a taskset list such as "0") when given,
+    logging to `log_path`; stopped by PID, with anything of its session
+    left over. `env` adds to (and overrides) os.environ."""
 
-    def __init__(self, root, env, log_path, *, cores=None, app="app:app", python=None):
+    def __init__(self, root, env, log_path, *, cores=None, app=None, python=None):
         self.root = root
         self.port = free_port()
         self.env = dict(os.environ, **env)
         self.env["GUNICORN_CMD_ARGS"] = f"--bind 127.0.0.1:{self.port} " + env.get("GUNICORN_CMD_ARGS", "")
         self.log_path = log_path
         self.cores = cores
-        self.app = app
+        self.app = app or ("app:app" if root else "mab.wsgi:app")
         self.python = python or sys.executable
         self.process = None
         self._log = None
 
     def start(self):
         self._log = open(self.log_path, "w")
-        command = [self.python, "-m", "gunicorn", "-c", os.path.join(self.root, "gunicorn.conf.py"), self.app]
+        if self.root is None:
+            from mab.cli.serve import gunicorn_command
+
+            command = gunicorn_command([], app=self.app, python=self.python)
+        else:
+            command = [self.python, "-m", "gunicorn", "-c", os.path.join(self.root, "gunicorn.conf.py"), self.app]
         if self.cores is not None:
             command = ["taskset", "-c", self.cores, *command]
-        self.process = subprocess.Popen(command, env=self.env, cwd=self.root, stdout=self._log,
+        self.process = subprocess.Popen(command, env=self.env, cwd=self.root or os.path.dirname(self.log_path),
+                                        stdout=self._log,
                                         stderr=subprocess.STDOUT, start_new_session=True)
         return self
 

@@ -82,6 +82,8 @@ def test_requests_that_waited_too_long_are_turned_away_without_the_app(tmp_path,
             assert "connection" not in headers, "the connection stays"
         kept.send(HEALTH)
         assert kept.response()[0] == 200, "served again once the queue drained"
+        kept.close()
+        fresh.close()
     finally:
         server.stop()
     # The access log (one JSON object a line, mab.access_log; the readiness
@@ -108,6 +110,8 @@ def test_a_client_deadline_is_honoured(tmp_path, data_csv):
         status, _, body = hurried.response()
         assert (status, error_code(body)) == (503, "overloaded")
         assert patient.response()[0] == 200
+        hurried.close()
+        patient.close()
     finally:
         server.stop()
 
@@ -124,6 +128,7 @@ def test_the_app_gets_the_deadline(tmp_path, data_csv):
         assert 0 <= seen["now"] - seen["received"] < 5
         client.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
         assert orjson.loads(client.response()[2])["deadline"] is None
+        client.close()
     finally:
         server.stop()
 

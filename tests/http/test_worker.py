@@ -5,6 +5,7 @@ test_conformance.py."""
 
 import os
 import signal
+import socket
 import threading
 import time
 
@@ -215,6 +216,76 @@ def test_graceful_stop_finishes_requests_in_flight(tmp_path, data_csv):
     server.log.close()
 
 
+def wait_for(condition, timeout=30, what="the condition"):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"no {what} within {timeout}s"
+        time.sleep(0.05)
+
+
+def refused(port):
+    """Whether a connect to `port` is refused (nothing listens there any more)."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def clean_eof(client):
+    """The server closed the connection with nothing more to say: a FIN, not a reset."""
+    client.sock.settimeout(10)
+    return client.buffer == b"" and client.sock.recv(65536) == b""
+
+
+def test_a_stopping_worker_answers_an_idle_connection_instead_of_closing_it(tmp_path, data_csv):
+    # HTTP/1.1 cannot tell a client not to reuse an idle connection, so a
+    # drain that closed it would race the client's next request (a reset,
+    # or a close before the answer). It stays open; the next request is
+    # answered with Connection: close, and then the connection closes.
+    server = start(tmp_path, data_csv, MAB_GRACEFUL_TIMEOUT="20")
+    client = Client(server.port)
+    client.send(post())
+    assert client.response()[0] == 200            # kept alive, and now idle
+    os.kill(server.process.pid, signal.SIGTERM)
+    # Every copy of the listening socket is closed once the worker drains.
+    wait_for(lambda: refused(server.port), what="refused connect")
+    time.sleep(1.0)                               # idle, during the drain
+    assert server.process.poll() is None
+    client.send(post())
+    status, headers, _ = client.response()
+    assert status == 200 and headers["connection"] == "close"
+    assert clean_eof(client)
+    assert server.process.wait(15) == 0
+    server.log.close()
+
+
+def test_connections_waiting_to_be_accepted_are_served_when_the_server_stops(tmp_path, data_csv):
+    # The kernel completes a handshake before any process accepts the
+    # connection, and the client sends its request at once. A worker that
+    # stopped accepting and exited would leave such connections to be reset
+    # with their requests; it accepts them first, then closes its copy of the
+    # listening socket, after which connects are refused (nothing is sent).
+    server = start(tmp_path, data_csv, MAB_GRACEFUL_TIMEOUT="20")
+    (worker,) = server.wait_for_workers(1)
+    os.kill(worker, signal.SIGSTOP)               # accepts nothing meanwhile
+    try:
+        waiting = [Client(server.port) for _ in range(3)]
+        for client in waiting:
+            client.send(post())
+        os.kill(server.process.pid, signal.SIGTERM)
+        wait_for(lambda: "Handling signal: term" in server.output(), what="TERM in the log")
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    for client in waiting:
+        status, headers, _ = client.response()
+        assert status == 200 and headers["connection"] == "close"
+        assert clean_eof(client)
+    assert server.process.wait(15) == 0
+    server.log.close()
+    assert refused(server.port)
+
+
 def test_reload_replaces_workers(tmp_path, data_csv):
     server = start(tmp_path, data_csv, WEB_CONCURRENCY="2")
     try:
@@ -341,6 +412,9 @@ def test_a_full_worker_makes_room_for_a_new_client(tmp_path, data_csv):
         fresh = Client(server.port)
         fresh.send(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
         assert fresh.response()[0] == 200
+        # An idle keep-alive connection would hold the stop below for
+        # graceful_timeout (a stopping worker does not close one sooner).
+        fresh.close()
         status, headers, body = slow[0].response()
         assert (status, error_code(body), headers["retry-after"]) == (503, "overloaded", "1")
         assert slow[0].closed()
