@@ -160,13 +160,21 @@ def decode_prediction_request(body, max_items):
     section 4 leaves its meaning to the parser, and I-JSON (RFC 7493 section
     2.3) forbids it. Then whatever ``parse_prediction_request`` raises.
     """
+    return parse_prediction_request(load_json(body), max_items)
+
+
+def load_json(body):
+    """The JSON document in ``body`` (bytes), read as ``decode_prediction_request``
+    says (orjson; an object naming a top-level member twice is refused).
+    Raises ``MalformedRequest`` (``malformed_json``) or ``InvalidRequest``
+    (``duplicate_field``)."""
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise MalformedRequest(f"the body is not valid JSON: {exc}", code="malformed_json") from None
     if type(doc) is dict:
         _check_unique_names(body, doc)
-    return parse_prediction_request(doc, max_items)
+    return doc
 
 
 def _check_unique_names(body, doc):

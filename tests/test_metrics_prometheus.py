@@ -33,7 +33,7 @@ import orjson
 import pytest
 
 from mab.demo import write_items
-from mab.testing.processes import Gunicorn, free_port, terminate
+from mab.testing.processes import Gunicorn, free_port, terminate, wait_for_200
 from mab.testing.vertex_standin import toml_table
 from tests.serving import ROOT
 from tests.vertex import StandInProcess
@@ -133,17 +133,10 @@ class Prometheus:
         return self.log_path.read_text()
 
     def wait_ready(self, timeout=60):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"prometheus exited with {self.process.returncode}:\n{self.output()}"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/-/ready", timeout=5) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"prometheus not ready after {timeout}s:\n{self.output()}")
+        try:
+            wait_for_200(self.process, f"http://127.0.0.1:{self.port}/-/ready", timeout, "prometheus")
+        except RuntimeError as exc:
+            raise AssertionError(f"{exc}:\n{self.output()}") from None
 
     def query(self, promql, at=None):
         """The instant vector of `promql` (evaluated now, or at the Unix time

@@ -17,10 +17,8 @@ import json
 import math
 from dataclasses import dataclass
 
-import orjson
-
 from mab.errors import InvalidRequest, MalformedRequest, TooManyItems, UnknownModel
-from mab.service import _check_unique_names
+from mab.service import load_json
 
 BODY_FIELDS = frozenset({"events"})
 EVENT_FIELDS = frozenset({"decision_id", "item_id", "reward", "model", "user_id"})
@@ -172,11 +170,7 @@ def read_feedback_request(body, models, max_events):
     JSON as /predict reads it, ``InvalidRequest`` (``duplicate_field``) for
     an object naming a member twice, then what ``parse_events`` raises.
     """
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise MalformedRequest(f"the body is not valid JSON: {exc}", code="malformed_json") from None
+    doc = load_json(body)
     if type(doc) is dict:
-        _check_unique_names(body, doc)
         _check_nested_names(body, doc)
     return parse_events(doc, models, max_events)

@@ -74,6 +74,23 @@ def kill_session(sid):
             pass
 
 
+def wait_for_200(process, url, timeout, what):
+    """Poll ``url`` until it answers 200. Raises ``RuntimeError`` naming
+    ``what`` if ``process`` (a Popen) exits first or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{what} not ready after {timeout}s")
+
+
 class Gunicorn:
     """The service under gunicorn with the repository's gunicorn.conf.py
     (`root`: the checkout), or with `root` None as ``mab serve`` runs it
@@ -110,18 +127,7 @@ class Gunicorn:
         return self
 
     def wait_ready(self, timeout=120, path="/ready"):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited with {self.process.returncode}; see {self.log_path}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"gunicorn not ready after {timeout}s; see {self.log_path}")
+        wait_for_200(self.process, f"http://127.0.0.1:{self.port}{path}", timeout, f"gunicorn (see {self.log_path})")
 
     def worker_pids(self):
         return [pid for pid in session_pids(self.process.pid) if pid != self.process.pid]
