@@ -99,7 +99,7 @@ def build_extensions():
             extra_link_args=list(openmp),
         )
 
-    # Only the sampler runs OpenMP regions.
+    # Only the sampler and the offline propensities run OpenMP regions.
     extensions = [
         extension("mab.sampling", openmp=flags),
         extension("mab._lists"),
@@ -108,6 +108,8 @@ def build_extensions():
         extension("mab.stores._csv"),
         extension("mab.stores._table"),
         extension("mab.stores._cache"),
+        # Position propensities for offline evaluation: decisions in parallel.
+        extension("mab.evaluation._propensity", openmp=flags),
     ]
     return cythonize(
         extensions,
