@@ -58,6 +58,9 @@ def add_parser(subparsers):
                         help="decisions per batch (default 20,000; memory grows with it)")
     parser.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
     parser.add_argument("--output", metavar="FILE", help="also write the JSON report to FILE")
+    parser.add_argument("--weights-out", metavar="FILE.parquet",
+                        help="write each logged (decision, position)'s importance weight to this Parquet file "
+                             "(the input of the fleet-scale SQL in docs/evaluation.md)")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     parser.set_defaults(handler=evaluate_command)
     return parser
@@ -124,9 +127,11 @@ def evaluate_command(args):
         report = evaluate([args.log], [args.rewards], candidate, model=args.model, positions=args.positions,
                           draws=draws, seed=args.seed, confidence=args.confidence,
                           max_unsupported=args.max_unsupported, n_threads=args.threads,
-                          batch_rows=args.batch_rows, progress=progress)
+                          batch_rows=args.batch_rows, progress=progress, weights_out=args.weights_out)
     except (InputError, ValueError) as exc:
         return _fail(str(exc))
+    except OSError as exc:
+        return _fail(f"{args.weights_out}: {exc.strerror or exc}")
     finally:
         if progress is not None:
             progress.close()

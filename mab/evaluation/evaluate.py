@@ -32,6 +32,8 @@ import os
 import time
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from mab.evaluation.candidate import recompute
 from mab.evaluation.estimators import MomentAccumulator, PositionEstimator
@@ -52,7 +54,7 @@ def default_threads():
 
 def evaluate(logs, rewards, candidate, *, model=None, positions=None, draws=DrawSettings(), seed=0,
              confidence=0.95, max_unsupported=0.05, n_threads=None, batch_rows=20_000, progress=None,
-             details=False):
+             details=False, weights_out=None):
     """Estimate what ``candidate`` would have earned on the logged decisions.
 
     ``logs``, ``rewards``: lists of paths (see ``readers.DecisionLog``).
@@ -65,7 +67,10 @@ def evaluate(logs, rewards, candidate, *, model=None, positions=None, draws=Draw
     ``n_threads``: for DuckDB and the draws (default: every core this
     process may use). ``progress(done, total)`` is called after each
     batch. With ``details``, per-decision arrays are returned too (for
-    tests and the simulator; not for large logs).
+    tests and the simulator; not for large logs). ``weights_out``: a path
+    to write every logged (decision, position) pair's weight to, as
+    Parquet (``WEIGHTS_SCHEMA``: the input of the fleet-scale SQL of
+    docs/evaluation.md).
 
     Returns a dict (the JSON report; see ``report.format_table``).
     Raises ``readers.InputError`` for unusable inputs and ValueError for
@@ -84,27 +89,29 @@ def evaluate(logs, rewards, candidate, *, model=None, positions=None, draws=Draw
     stats = _Stats(K)
     kept_details = []
     done = 0
-    for batch in log.batches(batch_rows):
-        params = recompute(candidate, batch.alpha, batch.beta, batch.lengths, batch.prior_alpha,
-                           batch.prior_beta, batch.half_life, batch.ages)
-        out = weights(batch.offsets, batch.alpha, batch.beta, params.alpha, params.beta, batch.ranked,
-                      batch.seeds, params.unchanged, draws, seed=seed, n_threads=threads)
-        present = batch.ranked >= 0
-        excluded = out["unsupported"] > max_unsupported
-        keep = ~excluded
-        kept_estimator.add(batch.rewards[keep], out["weight"][keep], present[keep].astype(np.float64))
-        logged_all.add(batch.rewards)
-        stats.add(batch, params, out, present, keep)
-        if details:
-            kept_details.append({
-                "decision_id": np.asarray(batch.decision_ids.to_pylist(), dtype=object),
-                "kept": keep, "weight": out["weight"], "rewards": batch.rewards, "present": present,
-                "p0": out["p0"], "p1": out["p1"], "inv_p0": out["inv_p0"], "unsupported": out["unsupported"],
-                "unchanged": params.unchanged,
-            })
-        done += batch.n
-        if progress is not None:
-            progress(done, log.decisions)
+    writer = None if weights_out is None else pq.ParquetWriter(weights_out, WEIGHTS_SCHEMA, compression="zstd")
+    try:
+        for batch, params, out, keep in _weighted_batches(log, candidate, draws, seed, threads, batch_rows,
+                                                          max_unsupported):
+            present = batch.ranked >= 0
+            kept_estimator.add(batch.rewards[keep], out["weight"][keep], present[keep].astype(np.float64))
+            logged_all.add(batch.rewards)
+            stats.add(batch, params, out, present, keep)
+            if writer is not None:
+                writer.write_table(_weights_table(batch, out, present, keep))
+            if details:
+                kept_details.append({
+                    "decision_id": np.asarray(batch.decision_ids.to_pylist(), dtype=object),
+                    "kept": keep, "weight": out["weight"], "rewards": batch.rewards, "present": present,
+                    "p0": out["p0"], "p1": out["p1"], "inv_p0": out["inv_p0"], "unsupported": out["unsupported"],
+                    "unchanged": params.unchanged,
+                })
+            done += batch.n
+            if progress is not None:
+                progress(done, log.decisions)
+    finally:
+        if writer is not None:
+            writer.close()
 
     result = kept_estimator.result(confidence)
     n_all = logged_all.n
@@ -126,6 +133,46 @@ def evaluate(logs, rewards, candidate, *, model=None, positions=None, draws=Draw
     if details:
         report["details"] = {key: np.concatenate([d[key] for d in kept_details]) for key in kept_details[0]}
     return report
+
+
+def _weighted_batches(log, candidate, draws, seed, threads, batch_rows, max_unsupported):
+    """(batch, candidate parameters, weights, kept decisions) for each batch of the log."""
+    for batch in log.batches(batch_rows):
+        params = recompute(candidate, batch.alpha, batch.beta, batch.lengths, batch.prior_alpha,
+                           batch.prior_beta, batch.half_life, batch.ages)
+        out = weights(batch.offsets, batch.alpha, batch.beta, params.alpha, params.beta, batch.ranked,
+                      batch.seeds, params.unchanged, draws, seed=seed, n_threads=threads)
+        yield batch, params, out, ~(out["unsupported"] > max_unsupported)
+
+
+#: The weights written by ``evaluate(weights_out=...)``: one row per logged
+#: (decision, position), position 0-based as in ``ranked``. ``weight`` is 0
+#: where ``estimable`` is false; ``kept`` is false for decisions left out by
+#: the overlap rule.
+WEIGHTS_SCHEMA = pa.schema([
+    ("decision_id", pa.string()),
+    ("position", pa.int32()),
+    ("weight", pa.float64()),
+    ("estimable", pa.bool_()),
+    ("kept", pa.bool_()),
+    ("candidate_propensity", pa.float64()),
+    ("logging_propensity", pa.float64()),
+])
+
+
+def _weights_table(batch, out, present, keep):
+    rows, positions = np.nonzero(present)
+    same = np.isnan(out["p1"][rows, positions])
+    return pa.table({
+        "decision_id": batch.decision_ids.take(pa.array(rows)),
+        "position": pa.array(positions.astype(np.int32)),
+        "weight": pa.array(out["weight"][rows, positions]),
+        "estimable": pa.array(out["estimable"][rows, positions]),
+        "kept": pa.array(keep[rows]),
+        # NaN where the candidate equals the logger (nothing drawn): null.
+        "candidate_propensity": pa.array(out["p1"][rows, positions], mask=same),
+        "logging_propensity": pa.array(out["p0"][rows, positions], mask=same),
+    }, schema=WEIGHTS_SCHEMA)
 
 
 class _Stats:

@@ -11,8 +11,9 @@ fleet-scale logs (docs/evaluation.md).
 Reward semantics: an (decision, item) pair's reward is the largest of its
 events (repeated events count once, as the feedback service's
 deduplication counts them); a shown item without an event has reward 0;
-events for decisions not in the log, or for items not among a decision's
-first K, are counted and otherwise ignored.
+events for decisions not evaluated (another model's, or not in the log),
+or for items not among a decision's first K, are counted and otherwise
+ignored.
 """
 
 import glob
@@ -232,8 +233,9 @@ class DecisionLog:
         matched_pairs, matched_events = self.con.execute(
             "SELECT count(*), coalesce(sum(events), 0) FROM "
             "(SELECT DISTINCT decision_id, pos, events FROM shown_rewards)").fetchone()
+        # Events of decisions this evaluation does not read: another model's, or none in the log.
         self.unknown_decision_events = self.con.execute(
-            "SELECT coalesce(sum(p.events), 0) FROM reward_pairs p ANTI JOIN logs_all l "
+            "SELECT coalesce(sum(p.events), 0) FROM reward_pairs p ANTI JOIN logs l "
             "ON p.decision_id = l.decision_id").fetchone()[0]
         self.rewarded_positions = matched_pairs
         self.matched_events = int(matched_events)
@@ -251,7 +253,7 @@ class DecisionLog:
             "reward_events": self.reward_events,
             "rewarded_positions": self.rewarded_positions,
             "reward_events_matched": self.matched_events,
-            "reward_events_unknown_decision": int(self.unknown_decision_events),
+            "reward_events_other_decisions": int(self.unknown_decision_events),
             "reward_events_not_shown": int(self.reward_events - self.matched_events - self.unknown_decision_events),
         }
 
@@ -276,7 +278,9 @@ class DecisionLog:
                    r.rpos, r.rval{", l.item_ids" if item_ids else ""}
             FROM logs l LEFT JOIN decision_rewards r ON l.decision_id = r.decision_id
         """
-        reader = self.con.sql(query).fetch_arrow_reader(rows)
+        relation = self.con.sql(query)
+        # DuckDB 2 renamed fetch_arrow_reader to to_arrow_reader.
+        reader = getattr(relation, "to_arrow_reader", relation.fetch_arrow_reader)(rows)
         for record_batch in reader:
             if record_batch.num_rows:
                 batch = _to_batch(record_batch, K)
