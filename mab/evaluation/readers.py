@@ -116,6 +116,10 @@ class DecisionLog:
         self.log_files = _expand(logs, "decision log", (".parquet",))
         self.reward_files = _expand(rewards, "rewards", (".parquet",) + _JSON_SUFFIXES)
         self.con = duckdb.connect()
+        # Rows may come in any order (each carries its own rewards and ids);
+        # keeping the files' order would make DuckDB buffer results of a
+        # parallel scan, up to the whole log, instead of streaming them.
+        self.con.execute("SET preserve_insertion_order = false")
         if threads:
             self.con.execute(f"SET threads = {int(threads)}")
         if memory_limit:

@@ -51,7 +51,8 @@ def format_table(report):
         f"log: {i['decisions']:,} decisions of model {i['model']!r} in {i['log_files']} file(s), "
         f"{K} position(s); rewards: {i['reward_events']:,} events in {i['reward_files']} file(s), "
         f"{i['reward_events_matched']:,} on shown positions, {i['reward_events_other_decisions']:,} for "
-        f"decisions not in the log, {i['reward_events_not_shown']:,} for items not shown in the first {K}",
+        f"decisions not evaluated (another model's or not logged), {i['reward_events_not_shown']:,} for "
+        f"items not shown in the first {K}",
         f"draws: {d['hits']} hit(s) per position (inverse propensity within {d['target_relative_se']:g} "
         f"relative standard error), {d['min_draws']} to {d['max_draws']} rankings per policy; "
         f"mean {d['mean_draws_per_policy']:.1f}, most {d['most_draws']}; "

@@ -6,8 +6,8 @@ Two versions of the same checks:
 * ``test_in_process_simulation``: against ``FakeService``, an in-process
   stand-in for /predict, /feedback and the decision log (the service's own
   sampler and ranking, the contract's records). Fixed seeds. Runs now.
-* ``test_real_service_simulation`` and ``test_simulate_command``, marked
-  ``needs_feedback``: the same against the real service (gunicorn, HTTP,
+* ``test_real_service_simulation`` (and tests/cli/test_simulate.py's
+  ``test_simulate_command``), marked ``needs_feedback``: the same against the real service (gunicorn, HTTP,
   its decision log). They skip only while the code of issue 11's decision
   log (``mab.decisions``) or feedback (``mab.feedback``) is not in the
   package, and run by themselves once both are merged.
@@ -32,8 +32,6 @@ from mab.simulation.client import HttpService
 from mab.simulation.environment import ClickEnvironment, loglog_slope, regret_halves
 from mab.simulation.run import check_estimates, run
 from mab.simulation.server import ServedService, Setting
-from tests.cli.command import run_mab
-from tests.serving import free_port
 from tests.simulation.fake_service import FakeService
 
 SETTINGS = [Setting("ts", 1.0, 1.0), Setting("pessimist", 1.0, 30.0), Setting("jeffreys", 0.5, 0.5)]
@@ -113,28 +111,3 @@ def test_real_service_simulation(tmp_path):
     checks = check_estimates(server.log_dir, result, env, truth_draws=1000, seed=1, confidence=0.999)
     check_run(result, checks)
     assert all(c["decisions"] == STEPS for c in checks)
-
-
-@needs_feedback
-def test_simulate_command(tmp_path):
-    out = tmp_path / "sim"
-    run_ = run_mab("simulate", "--out", out, "--steps", "400", "--items", "15", "--top-k", "3",
-                   "--setting", "ts:1,1", "--setting", "pessimist:1,30", "--truth-draws", "300", timeout=600)
-    assert run_.returncode == 0, run_.stderr
-    assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "ts: cumulative regret" in run_.stdout and "pessimist: true" in run_.stdout
-
-
-def test_simulate_command_reports_an_unreachable_server(tmp_path):
-    run_ = run_mab("simulate", "--out", tmp_path / "sim", "--url", f"http://127.0.0.1:{free_port()}",
-                   "--no-evaluate", "--steps", "10")
-    assert run_.returncode == 1
-    assert run_.stderr.startswith("mab simulate: ") and "Traceback" not in run_.stderr
-
-
-def test_simulate_command_usage_errors(tmp_path):
-    for args in (["--setting", "bad"], ["--steps", "1"], ["--items", "3", "--top-k", "5"],
-                 ["--candidates", "2", "--top-k", "3"], ["--url", "http://127.0.0.1:1"]):
-        run_ = run_mab("simulate", "--out", tmp_path / "sim", *args)
-        assert run_.returncode == 1, (args, run_.stdout)
-        assert run_.stderr.startswith("mab simulate: ") and "Traceback" not in run_.stderr, run_.stderr
