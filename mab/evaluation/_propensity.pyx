@@ -44,7 +44,7 @@ e^-L. With X = G_a / (G_a + G_b), that bounds each Beta variate between lo
 and hi except with probability 2e^-L. An item whose hi is below the K-th
 largest lo of its decision lies below K other items, so outside the first
 K positions and without influence on their order, except with probability
-2(K + 1)e^-L per draw (below 1e-7 with the default L = 20): it is out of
+2(K + 1)e^-L per draw (4.5e-8 for K = 10 with the default L = 20): it is out of
 the policy's reach, and left out of its draws.
 
 Within a draw the remaining items are sampled by decreasing hi, and the

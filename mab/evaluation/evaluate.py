@@ -14,7 +14,8 @@ The overlap rule (docs/evaluation.md):
   counted, and so are the decisions that have one.
 * An item is out of the logging policy's reach in a decision when the
   policy's Beta parameters put it outside the first K positions except
-  with probability below 1e-7 (the bounds of ``_propensity``). A decision
+  with probability below 2(K + 1)e^-20 (4.5e-8 for K = 10; the bounds of
+  ``_propensity``). A decision
   has too little overlap when the candidate fills more than
   ``max_unsupported`` of its (draw, position) slots with such items. Such
   decisions are left out of the estimates and counted. The rule looks only
