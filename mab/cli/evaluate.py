@@ -56,6 +56,8 @@ def add_parser(subparsers):
     parser.add_argument("--threads", type=int, metavar="N", help="threads (default: every core available)")
     parser.add_argument("--batch-rows", type=int, default=20_000, metavar="N",
                         help="decisions per batch (default 20,000; memory grows with it)")
+    parser.add_argument("--memory-limit", metavar="SIZE",
+                        help="DuckDB's memory limit, e.g. 4GB (default 2GB; beyond it DuckDB spills to $TMPDIR)")
     parser.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
     parser.add_argument("--output", metavar="FILE", help="also write the JSON report to FILE")
     parser.add_argument("--weights-out", metavar="FILE.parquet",
@@ -127,7 +129,8 @@ def evaluate_command(args):
         report = evaluate([args.log], [args.rewards], candidate, model=args.model, positions=args.positions,
                           draws=draws, seed=args.seed, confidence=args.confidence,
                           max_unsupported=args.max_unsupported, n_threads=args.threads,
-                          batch_rows=args.batch_rows, progress=progress, weights_out=args.weights_out)
+                          batch_rows=args.batch_rows, progress=progress, weights_out=args.weights_out,
+                          memory_limit=args.memory_limit)
     except (InputError, ValueError) as exc:
         return _fail(str(exc))
     except OSError as exc:

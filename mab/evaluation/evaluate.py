@@ -55,7 +55,7 @@ def default_threads():
 
 def evaluate(logs, rewards, candidate, *, model=None, positions=None, draws=DrawSettings(), seed=0,
              confidence=0.95, max_unsupported=0.05, n_threads=None, batch_rows=20_000, progress=None,
-             details=False, weights_out=None):
+             details=False, weights_out=None, memory_limit=None):
     """Estimate what ``candidate`` would have earned on the logged decisions.
 
     ``logs``, ``rewards``: lists of paths (see ``readers.DecisionLog``).
@@ -71,7 +71,7 @@ def evaluate(logs, rewards, candidate, *, model=None, positions=None, draws=Draw
     tests and the simulator; not for large logs). ``weights_out``: a path
     to write every logged (decision, position) pair's weight to, as
     Parquet (``WEIGHTS_SCHEMA``: the input of the fleet-scale SQL of
-    docs/evaluation.md).
+    docs/evaluation.md). ``memory_limit``: DuckDB's (see ``readers``).
 
     Returns a dict (the JSON report; see ``report.format_table``).
     Raises ``readers.InputError`` for unusable inputs and ValueError for
@@ -83,7 +83,8 @@ def evaluate(logs, rewards, candidate, *, model=None, positions=None, draws=Draw
         raise ValueError(f"the overlap threshold must be in [0, 1], got {max_unsupported}")
     threads = n_threads or default_threads()
     started = time.monotonic()
-    log = DecisionLog(logs, rewards, model=model, prefer=candidate.model, positions=positions, threads=threads)
+    log = DecisionLog(logs, rewards, model=model, prefer=candidate.model, positions=positions, threads=threads,
+                      memory_limit=memory_limit)
     K = log.positions
     kept_estimator = PositionEstimator(K)
     logged_all = MomentAccumulator(K)

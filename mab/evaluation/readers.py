@@ -18,6 +18,7 @@ ignored.
 
 import glob
 import os
+import tempfile
 from dataclasses import dataclass
 
 import duckdb
@@ -25,6 +26,9 @@ import numpy as np
 import pyarrow as pa
 
 from mab.evaluation.schema import OPTIONAL_DECISION_COLUMNS, REQUIRED_DECISION_COLUMNS, REQUIRED_REWARD_COLUMNS
+
+#: DuckDB's memory limit unless told otherwise (--memory-limit).
+DEFAULT_MEMORY_LIMIT = "2GB"
 
 _JSON_SUFFIXES = (".jsonl", ".ndjson", ".json", ".jsonl.gz", ".ndjson.gz", ".json.gz")
 _HEX_ID = "^[0-9a-f]{32}$"
@@ -55,6 +59,10 @@ def _expand(paths, what, suffixes):
             raise InputError(f"{what}: {path}: no such file or directory")
         found.extend(os.path.abspath(p) for p in matches)
     return sorted(set(found))
+
+
+def _spill_directory():
+    return os.path.join(tempfile.gettempdir(), f"mab-evaluate-{os.getuid()}").replace("'", "''")
 
 
 def _sql_list(paths):
@@ -108,7 +116,9 @@ class DecisionLog:
     ``rewards``: paths (Parquet or JSON Lines files, directories, globs);
     ``model``: which model's decisions (None: ``prefer`` if the log has
     it, else the log must hold one model); ``positions``: K, how many positions to evaluate (None: the
-    longest ``ranked`` in the log). Opening runs the checks and the reward
+    longest ``ranked`` in the log); ``memory_limit``: DuckDB's, a size
+    such as "2GB" (default ``DEFAULT_MEMORY_LIMIT``; more spills to disk).
+    Opening runs the checks and the reward
     join; ``batches()`` then streams the decisions. Raises InputError.
     """
 
@@ -120,10 +130,17 @@ class DecisionLog:
         # keeping the files' order would make DuckDB buffer results of a
         # parallel scan, up to the whole log, instead of streaming them.
         self.con.execute("SET preserve_insertion_order = false")
+        # DuckDB's default is 80% of the machine's memory, and it caches the
+        # files it reads up to that: 19 GB here for a 15 GB log. The
+        # evaluation streams; what must not fit spills to a temporary directory.
+        self.con.execute(f"SET memory_limit = '{memory_limit or DEFAULT_MEMORY_LIMIT}'")
+        self.con.execute(f"SET temp_directory = '{_spill_directory()}'")
+        try:
+            self.con.execute("SET enable_external_file_cache = false")
+        except duckdb.Error:
+            pass                # an older DuckDB without the cache
         if threads:
             self.con.execute(f"SET threads = {int(threads)}")
-        if memory_limit:
-            self.con.execute(f"SET memory_limit = '{memory_limit}'")
         # The log is a view: DuckDB reads the files again for each query and
         # streams them; nothing of it is held in memory.
         try:
@@ -199,22 +216,18 @@ class DecisionLog:
         self.reward_pairs = self.con.execute("SELECT count(*) FROM reward_pairs").fetchone()[0]
 
     def _check_log(self, positions):
-        checks = self.con.execute(
-            "SELECT max(len(ranked)), count(*) - count(DISTINCT decision_id), "
-            "count(*) FILTER (WHERE len(alpha) IS DISTINCT FROM len(item_ids) "
-            "  OR len(beta) IS DISTINCT FROM len(item_ids) OR len(item_ids) = 0 "
-            "  OR ranked IS NULL OR len(ranked) = 0 OR decision_id IS NULL), "
-            "any_value(decision_id) FILTER (WHERE len(alpha) IS DISTINCT FROM len(item_ids) "
-            "  OR len(beta) IS DISTINCT FROM len(item_ids) OR len(item_ids) = 0 "
-            "  OR ranked IS NULL OR len(ranked) = 0 OR decision_id IS NULL) "
-            "FROM logs").fetchone()
-        longest, duplicates, malformed, example = checks
+        # Cheap columns only: the per-decision checks of the lists come with
+        # the batches (a query that reads the lists here would read the log
+        # once more, and DuckDB buffers list columns under DISTINCT).
+        longest, no_ranking = self.con.execute(
+            "SELECT max(len(ranked)), count(*) FILTER (WHERE ranked IS NULL OR len(ranked) = 0 "
+            "OR decision_id IS NULL) FROM logs").fetchone()
+        duplicates = self.con.execute("SELECT count(*) - count(DISTINCT decision_id) FROM logs").fetchone()[0]
         if duplicates:
             raise InputError(f"decision log: {duplicates} decision id(s) appear more than once "
                              "(each decision must be logged once)")
-        if malformed:
-            raise InputError(f"decision log: {malformed} decision(s) without candidates or a ranking, or whose "
-                             f"item_ids, alpha and beta differ in length, e.g. decision {example!r}")
+        if no_ranking:
+            raise InputError(f"decision log: {no_ranking} decision(s) without a decision_id or a ranking")
         if positions is not None and positions < 1:
             raise InputError(f"positions must be >= 1, got {positions}")
         self.positions = int(longest) if positions is None else min(int(positions), int(longest))
@@ -337,6 +350,11 @@ def _to_batch(rb, K):
     if not np.array_equal(offsets, offsets_b):
         raise InputError("decision log: alpha and beta differ in length")
     lengths = np.diff(offsets)
+    n_items = rb.column("n_items").to_numpy(zero_copy_only=False)
+    wrong = (n_items != lengths) | (lengths == 0)
+    if wrong.any():
+        raise InputError(f"decision log: decision {ids[int(np.flatnonzero(wrong)[0])]} has no candidates, or its "
+                         "item_ids, alpha and beta differ in length")
     bad = ~((alpha > 0) & np.isfinite(alpha) & (beta > 0) & np.isfinite(beta))
     if bad.any():
         d = int(np.searchsorted(offsets, np.flatnonzero(bad)[0], side="right") - 1)
@@ -357,7 +375,6 @@ def _to_batch(rb, K):
 
     ranked = _padded(rb.column("ranked"), n, K, -1, np.int32)
     valid = ranked >= 0
-    n_items = rb.column("n_items").to_numpy()
     if np.any(np.where(valid, ranked, 0) >= n_items[:, None]) or np.any(ranked < -1):
         d = int(np.flatnonzero(np.any((ranked >= n_items[:, None]) | (ranked < -1), axis=1))[0])
         raise InputError(f"decision log: decision {ids[d]} ranks an index outside its candidates")

@@ -120,7 +120,8 @@ def test_models_are_chosen(tmp_path):
 @pytest.mark.parametrize(("records", "message"), [
     ([record(D1, ["x", "y"], [0]), record(D1, ["x"], [0])], "appear more than once"),
     ([record(D1, ["x", "y"], [0], alpha=[1.0])], "differ in length"),
-    ([record(D1, ["x", "y"], [])], "without candidates or a ranking"),
+    ([record(D1, ["x", "y"], [0], alpha=[1.0], beta=[1.0])], "differ in length"),
+    ([record(D1, ["x", "y"], [])], "without a decision_id or a ranking"),
     ([record(D1, ["x", "y"], [2])], "outside its candidates"),
     ([record(D1, ["x", "y"], [1, 1])], "ranks a candidate twice"),
     ([record(D1, ["x", "y"], [0], alpha=[0.0, 1.0])], "not finite and > 0"),
