@@ -99,7 +99,7 @@ def build_extensions():
             extra_link_args=list(openmp),
         )
 
-    # Only the sampler runs OpenMP regions.
+    # Only the sampler and the offline propensities run OpenMP regions.
     extensions = [
         extension("mab.sampling", openmp=flags),
         extension("mab._lists"),
@@ -110,6 +110,8 @@ def build_extensions():
         extension("mab.stores._cache"),
         extension("mab.feedback._overlay"),
         extension("mab.feedback._window"),
+        # Position propensities for offline evaluation: decisions in parallel.
+        extension("mab.evaluation._propensity", openmp=flags),
     ]
     return cythonize(
         extensions,

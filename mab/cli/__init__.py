@@ -2,7 +2,7 @@
 predictions, benchmarks and the Vertex stand-in.
 
 Each subcommand lives in its own module (``serve``, ``data``, ``config``,
-``predict``, ``bench``, ``standin``), which adds its parser and names its
+``predict``, ``bench``, ``standin``, ``evaluate``, ``simulate``), which adds its parser and names its
 handler. Handlers import what they need when they run, so ``mab --help`` and
 ``mab predict`` start in a fraction of a second (the stand-in alone loads the
 Google client libraries, seconds of start-up).
@@ -16,9 +16,9 @@ import os
 import sys
 
 import mab
-from mab.cli import bench, config, data, predict, serve, standin
+from mab.cli import bench, config, data, evaluate, predict, serve, simulate, standin
 
-COMMANDS = (serve, data, config, predict, bench, standin)
+COMMANDS = (serve, data, config, predict, bench, standin, evaluate, simulate)
 
 
 def build_parser():
