@@ -2,10 +2,8 @@
 
 from tests.cli.command import run_mab
 from tests.serving import free_port
-from tests.simulation.test_simulation import needs_feedback
 
 
-@needs_feedback
 def test_simulate_command(tmp_path):
     out = tmp_path / "sim"
     run_ = run_mab("simulate", "--out", out, "--steps", "400", "--items", "15", "--top-k", "3",

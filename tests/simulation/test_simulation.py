@@ -7,10 +7,8 @@ Two versions of the same checks:
   stand-in for /predict, /feedback and the decision log (the service's own
   sampler and ranking, the contract's records). Fixed seeds. Runs now.
 * ``test_real_service_simulation`` (and tests/cli/test_simulate.py's
-  ``test_simulate_command``), marked ``needs_feedback``: the same against the real service (gunicorn, HTTP,
-  its decision log). They skip only while the code of issue 11's decision
-  log (``mab.decisions``) or feedback (``mab.feedback``) is not in the
-  package, and run by themselves once both are merged.
+  ``test_simulate_command``): the same against the real service (gunicorn,
+  HTTP, /predict and /feedback, its decision log).
 
 The sublinear-regret criterion: the regret summed over the second half of
 the run is below 0.6 of the first half's (a linear regret makes them equal;
@@ -19,10 +17,8 @@ the least-squares slope of log cumulative regret against log t, over the
 last 90% of the run, is below 0.85 (1 for linear regret).
 """
 
-import importlib.util
 import os
 
-import numpy as np
 import pytest
 
 from mab.evaluation.candidate import Candidate
@@ -36,11 +32,6 @@ from tests.simulation.fake_service import FakeService
 
 SETTINGS = [Setting("ts", 1.0, 1.0), Setting("pessimist", 1.0, 30.0), Setting("jeffreys", 0.5, 0.5)]
 STEPS = 1500
-
-MERGED = all(importlib.util.find_spec(name) is not None for name in ("mab.decisions", "mab.feedback"))
-needs_feedback = pytest.mark.skipif(
-    not MERGED, reason="needs issue 11's decision log (mab.decisions) and POST /feedback (mab.feedback), "
-                       "not merged into this branch yet")
 
 
 def check_run(result, checks):
@@ -95,7 +86,6 @@ def test_in_process_drift_is_harder(tmp_path):
     assert regrets[0.15] > regrets[0.0]
 
 
-@needs_feedback
 def test_real_service_simulation(tmp_path):
     env = ClickEnvironment(20, 3, seed=1)
     settings = SETTINGS[:2]
