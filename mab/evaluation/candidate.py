@@ -16,8 +16,6 @@ with f), h the logged half-life (no factor without decay or age). So
 computed as one factor 2^(age * (1/h - 1/h')), with 1/h = 0 for no decay.
 """
 
-import dataclasses
-import math
 import tomllib
 from dataclasses import dataclass
 
@@ -25,12 +23,6 @@ import numpy as np
 
 from mab import config as mab_config
 from mab.errors import ConfigError
-
-#: Per-model keys of issue 11 that the configuration code of this branch
-#: may not know yet (they land with the decision log and feedback work);
-#: irrelevant to the evaluation except the half-life, which is read here
-#: when mab.config does not read it.
-_LATER_MODEL_KEYS = ("log_fraction", "online_updates", "half_life_seconds")
 
 #: Undecaying by more than 2^52 multiplies the rounding error of
 #: alpha - prior (a unit in the last place of alpha) past the count itself.
@@ -50,17 +42,6 @@ class Candidate:
     def describe(self):
         return {"model": self.model, "prior_alpha": self.prior_alpha, "prior_beta": self.prior_beta,
                 "half_life_seconds": self.half_life_seconds, "source": self.source}
-
-
-def _half_life(value, where):
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{where}.half_life_seconds must be a number, got {value!r}")
-    value = float(value)
-    if not (value > 0.0 and math.isfinite(value)):
-        raise ConfigError(f"{where}.half_life_seconds must be finite and > 0, got {value!r}")
-    return value
 
 
 def candidate_from_document(document, model=None, source="<document>"):
@@ -83,21 +64,11 @@ def candidate_from_document(document, model=None, source="<document>"):
     if model not in models:
         raise ConfigError(f"{source} has no model {model!r} (it defines {', '.join(sorted(models)) or 'none'})")
     table = dict(models[model])
-    where = f"models.{model}"
-    known = {f.name for f in dataclasses.fields(mab_config.ModelConfig)}
-    half_life = None
-    for key in _LATER_MODEL_KEYS:
-        if key not in known and key in table:
-            value = table.pop(key)
-            if key == "half_life_seconds":
-                half_life = _half_life(value, where)
     try:
         parsed = mab_config._parse_model(model, table)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc.message}") from None
-    if "half_life_seconds" in known:
-        half_life = _half_life(parsed.half_life_seconds, where)
-    return Candidate(model, parsed.prior_alpha, parsed.prior_beta, half_life, source)
+    return Candidate(model, parsed.prior_alpha, parsed.prior_beta, parsed.half_life_seconds, source)
 
 
 def load_candidate(path, model=None):

@@ -174,3 +174,12 @@ def test_missing_paths_are_named(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no .parquet files"):
         DecisionLog([tmp_path / "empty"], [tmp_path / "log.parquet"])
+
+
+def test_the_evaluator_reads_the_schema_the_decision_log_writes():
+    # One contract: the columns and types the evaluator (and its synthetic
+    # logs) expect are the ones mab.decisions writes.
+    from mab.decisions.arrow import SCHEMA
+    from mab.evaluation.schema import DECISION_SCHEMA
+
+    assert [(f.name, f.type) for f in DECISION_SCHEMA] == [(f.name, f.type) for f in SCHEMA]
