@@ -78,6 +78,8 @@ def per_worker(server, workers, wanted, body_for):
                 body = body_for(next(counter))
                 status, worker, answer = post_json(server, "/predict", body, connection)
                 assert status == 200, answer
+                if worker not in answers:
+                    break       # an old worker still draining after a reload: try another connection
                 if len(answers[worker]) < wanted:
                     answers[worker].append((body, answer))
                 elif len(answers[worker]) >= wanted:
@@ -87,14 +89,18 @@ def per_worker(server, workers, wanted, body_for):
     return answers
 
 
-def worker_ids(server):
-    """The ``host/pid`` of both workers, from /ready (X-Served-By names the same)."""
+def worker_ids(server, source=None):
+    """The ``host/pid`` of both workers, from /ready (X-Served-By names the
+    same). With ``source``: only workers serving that file, i.e. after a
+    reload the new ones (an old worker may still answer while it drains)."""
     seen = set()
     deadline = time.monotonic() + 60
     while len(seen) < 2 and time.monotonic() < deadline:
         status, headers, body = server.request("GET", "/ready")
         assert status == 200
-        seen.add(orjson.loads(body)["worker"])
+        ready = orjson.loads(body)
+        if source is None or ready.get("stores", {}).get("default", {}).get("source") == source:
+            seen.add(ready["worker"])
     assert len(seen) == 2
     return seen
 
@@ -270,7 +276,7 @@ def test_a_fold_then_a_reload_serves_the_same_posterior_and_starts_the_overlay_a
             if all(r.get("stores", {}).get("default", {}).get("source") == folded["out"] for r in ready):
                 break
             time.sleep(0.2)
-        workers = worker_ids(server)
+        workers = worker_ids(server, source=folded["out"])
         overlay = ready[0]["feedback"]["overlays"]["default"]
         assert (overlay["base_seq"], overlay["updates"]) == (12, 0)
         after = per_worker(server, workers, 3, lambda k: {"item_ids": items, "seed": 100 + k})
