@@ -98,11 +98,31 @@ def test_arrival_from_the_kernel_stamp():
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_TIMESTAMPNS is Linux's")
+def _wait_until_stamping(listener, timeout=5.0):
+    """Linux turns receive stamping on lazily, from a work queue, when the
+    first socket asks for it (net/core/dev.c, netstamp_work): until then a
+    packet is stamped when it is read. A server enables it at start, long
+    before its first request; a test that sends at once must wait for it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.create_connection(listener.getsockname()) as client:
+            client.sendall(b"x")
+            time.sleep(0.02)
+            server, _ = listener.accept()
+            with server:
+                now = time.monotonic()
+                _, ancillary, _, _ = server.recvmsg(16, CMSG_SIZE)
+                if arrival(ancillary, now, time.time() - now) < now:
+                    return
+        assert time.monotonic() < deadline, "the kernel never stamped a received packet"
+
+
 def test_the_kernel_stamps_bytes_waiting_in_the_backlog():
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(8)
         assert enable_receive_timestamps(listener)
+        _wait_until_stamping(listener)
         with socket.create_connection(listener.getsockname()) as client:
             client.sendall(b"GET / HTTP/1.1\r\n\r\n")
             time.sleep(0.3)                   # not accepted yet: in the backlog
