@@ -279,7 +279,14 @@ def test_connections_waiting_to_be_accepted_are_served_when_the_server_stops(tmp
         os.kill(worker, signal.SIGCONT)
     for client in waiting:
         status, headers, _ = client.response()
-        assert status == 200 and headers["connection"] == "close"
+        assert status == 200
+        if headers.get("connection") != "close":
+            # Answered before the worker ran its TERM handler (the signal was
+            # pending while it was stopped): the connection was kept, and the
+            # next request on it is answered with Connection: close.
+            client.send(post())
+            status, headers, _ = client.response()
+            assert status == 200 and headers["connection"] == "close"
         assert clean_eof(client)
     assert server.process.wait(15) == 0
     server.log.close()
