@@ -32,16 +32,31 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.unicode cimport PyUnicode_Check
 from libc.stdint cimport int64_t, uint8_t, uint64_t
-from libc.stdlib cimport free, realloc
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp, memcpy
 
 from mab._wire cimport IdSpans
 from mab.stores._hash cimport hash_bytes
+from mab.stores._prefetch cimport prefetch
 
 cnp.import_array()
 
 cdef extern from "Python.h":
+    ctypedef struct PyObject
     const char *PyUnicode_AsUTF8AndSize(object unicode, Py_ssize_t *size) except NULL
+
+cdef extern from *:
+    """
+    #define MAB_LIST_ITEMS(list) (((PyListObject *)(list))->ob_item)
+    """
+    PyObject **list_items "MAB_LIST_ITEMS"(list items) noexcept nogil
+
+# How many ids ahead ``lookup``'s pipeline prefetches (as the embedded
+# store's IdIndex.find does), and its ring buffers' size (a power of two
+# > 3 * AHEAD).
+cdef enum:
+    AHEAD = 8
+    RING = 32
 
 # An entry's flags.
 cdef enum:
@@ -94,12 +109,6 @@ cdef class EntityCache:
     cdef double *values
     cdef uint8_t *flags
     cdef Py_ssize_t hand, next_free
-    cdef uint8_t *scratch
-    cdef Py_ssize_t scratch_size
-
-    def __cinit__(self):
-        self.scratch = NULL
-        self.scratch_size = 0
 
     def __init__(self, Py_ssize_t n_features, *, double ttl, double refresh_after, double missing_ttl,
                  Py_ssize_t max_entries):
@@ -132,9 +141,6 @@ cdef class EntityCache:
         self._keys = [None] * max_entries
         self.entries = self.hand = self.next_free = 0
         self.hits = self.stale_served = self.misses = self.expired = self.evictions = 0
-
-    def __dealloc__(self):
-        free(self.scratch)
 
     # -- the index ---------------------------------------------------------------
 
@@ -195,27 +201,9 @@ cdef class EntityCache:
             self.evictions += 1
             return entry
 
-    cdef const uint8_t *_key(self, const char *text, Py_ssize_t length, bytes prefix, bytes suffix,
-                             Py_ssize_t *key_length) except NULL:
-        """``prefix + text + suffix``, in place when there is no prefix or suffix."""
-        cdef Py_ssize_t p = len(prefix), s = len(suffix), n = p + length + s
-        cdef uint8_t *grown
-        key_length[0] = n
-        if p == 0 and s == 0:
-            return <const uint8_t *>text
-        if n > self.scratch_size:
-            grown = <uint8_t *>realloc(self.scratch, n)
-            if grown == NULL:
-                raise MemoryError()
-            self.scratch, self.scratch_size = grown, n
-        memcpy(self.scratch, PyBytes_AS_STRING(prefix), p)
-        memcpy(self.scratch + p, text, length)
-        memcpy(self.scratch + p + length, PyBytes_AS_STRING(suffix), s)
-        return self.scratch
-
     # -- the request path ----------------------------------------------------------
 
-    def lookup(self, ids, bytes prefix, bytes suffix, double now):
+    def lookup(self, ids, bytes prefix, bytes suffix, double now, bint whole=False):
         """What the cache can serve of ``prefix + id + suffix`` for each id.
 
         ``ids``: a list of str or an ``IdSpans``. Returns ``(values, status,
@@ -225,6 +213,18 @@ cdef class EntityCache:
         whose entries are stale and now marked as being refreshed: the
         caller must ``put`` or ``release`` each of them. Raises
         ``TypeError`` for an element that is not a str.
+
+        ``whole``: serve every id or none. Returns None, having counted and
+        marked nothing, when some id is not served (a caller that must not
+        wait asks so, and looks up again where it may wait).
+
+        A software pipeline, as in the embedded store's ``IdIndex.find``:
+        in step i, id i is hashed and its slot prefetched; id i - AHEAD
+        reads its slot and prefetches its entry (the key's place in the
+        list of keys, flags, time, values); id i - 2 AHEAD prefetches its
+        key's bytes; id i - 3 AHEAD is confirmed and served. The misses of
+        many ids are in flight at once: without it, a 400-id lookup in a
+        table of 60,000 entries cost 46 us, four dependent misses per id.
         """
         cdef Py_ssize_t n = _count_ids(ids)
         cdef IdSpans spans = ids if type(ids) is IdSpans else None
@@ -235,42 +235,119 @@ cdef class EntityCache:
         cdef double *out = <double *>cnp.PyArray_DATA(out_arr)
         cdef uint8_t *status = <uint8_t *>cnp.PyArray_DATA(status_arr)
         cdef list refresh = []
-        cdef Py_ssize_t i, f, entry, length, key_length, position
+        cdef list refreshing = []        # entries marked REFRESHING here (to undo for ``whole``)
+        cdef PyObject **keys_of = list_items(self._keys)
+        # Ring buffers over the ids in flight.
+        cdef const uint8_t *keys[RING]
+        cdef Py_ssize_t lengths[RING]
+        cdef uint64_t hashes[RING]
+        cdef Py_ssize_t candidates[RING]
+        cdef bint empty[RING]
+        cdef Py_ssize_t i, j, f, entry, length, position, id_length
+        cdef Py_ssize_t p_len = len(prefix), s_len = len(suffix), widest = 0
         cdef const char *text
-        cdef const uint8_t *key
+        cdef uint64_t slot
         cdef double age, ttl, refresh_after
         cdef uint8_t flags
-        for i in range(n):
-            text = _id_text(spans, id_list, i, &length)
-            key = self._key(text, length, prefix, suffix, &key_length)
-            entry = self._probe(key, key_length, hash_bytes(key, key_length), &position)
-            if entry < 0:
-                self.misses += 1
-                continue
-            flags = self.flags[entry]
-            age = now - self.fetched[entry]
-            if flags & IS_MISSING:
-                ttl, refresh_after = self.missing_ttl, self.missing_refresh_after
-            else:
-                ttl, refresh_after = self.ttl, self.refresh_after
-            if age >= ttl:
-                self.expired += 1
-                self.misses += 1
-                continue
-            self.flags[entry] = flags | REFERENCED
-            if flags & IS_MISSING:
-                status[i] = SERVED_MISSING
-            else:
-                status[i] = SERVED
-                for f in range(k):
-                    out[f * n + i] = self.values[entry * k + f]
-            if age < refresh_after:
-                self.hits += 1
-                continue
-            self.stale_served += 1
-            if not flags & REFRESHING:
-                self.flags[entry] |= REFRESHING
-                refresh.append(i)
+        # Counted here, added to the table's counters only once the lookup stands.
+        cdef long long hits = 0, misses = 0, expired = 0, stale_served = 0
+        # With a prefix or suffix, each key in flight is assembled in its own
+        # slice of one buffer, as wide as the widest key of the request.
+        cdef uint8_t *scratch = NULL
+        if p_len or s_len:
+            for i in range(n):
+                _id_text(spans, id_list, i, &id_length)
+                widest = max(widest, id_length)
+            widest += p_len + s_len
+            scratch = <uint8_t *>malloc(RING * widest)
+            if scratch == NULL:
+                raise MemoryError()
+        try:
+            for i in range(n + 3 * AHEAD):
+                # 1. Id i: its key and hash; prefetch its first slot.
+                if i < n:
+                    j = i & (RING - 1)
+                    text = _id_text(spans, id_list, i, &id_length)
+                    if scratch != NULL:
+                        keys[j] = scratch + j * widest
+                        memcpy(<void *>keys[j], PyBytes_AS_STRING(prefix), p_len)
+                        memcpy(<void *>(keys[j] + p_len), text, id_length)
+                        memcpy(<void *>(keys[j] + p_len + id_length), PyBytes_AS_STRING(suffix), s_len)
+                    else:
+                        keys[j] = <const uint8_t *>text
+                    lengths[j] = id_length + p_len + s_len
+                    hashes[j] = hash_bytes(keys[j], lengths[j])
+                    prefetch(&self.slots[hashes[j] & self.mask])
+                # 2. Id i - AHEAD: read its first slot; prefetch the candidate entry.
+                if AHEAD <= i < n + AHEAD:
+                    j = (i - AHEAD) & (RING - 1)
+                    candidates[j] = -1
+                    slot = self.slots[hashes[j] & self.mask]
+                    empty[j] = slot == 0
+                    if not empty[j] and (slot >> 32) == (hashes[j] >> 32):
+                        entry = candidates[j] = <Py_ssize_t>(slot & 0xFFFFFFFFULL) - 1
+                        prefetch(&keys_of[entry])
+                        prefetch(&self.flags[entry])
+                        prefetch(&self.fetched[entry])
+                        prefetch(&self.values[entry * k])
+                # 3. Id i - 2 AHEAD: prefetch the candidate's key bytes.
+                if 2 * AHEAD <= i < n + 2 * AHEAD:
+                    j = (i - 2 * AHEAD) & (RING - 1)
+                    if candidates[j] >= 0:
+                        prefetch(keys_of[candidates[j]])
+                # 4. Id i - 3 AHEAD: confirm (anything unresolved takes the full probe), and serve.
+                if i < 3 * AHEAD:
+                    continue
+                position = i - 3 * AHEAD
+                j = position & (RING - 1)
+                if empty[j]:
+                    entry = -1                     # an empty first slot: certainly absent
+                else:
+                    entry = candidates[j]
+                    if entry < 0 or not self._is(entry, keys[j], lengths[j]):
+                        entry = self._probe(keys[j], lengths[j], hashes[j], &id_length)
+                if entry < 0:
+                    misses += 1
+                    if whole:
+                        break
+                    continue
+                flags = self.flags[entry]
+                age = now - self.fetched[entry]
+                if flags & IS_MISSING:
+                    ttl, refresh_after = self.missing_ttl, self.missing_refresh_after
+                else:
+                    ttl, refresh_after = self.ttl, self.refresh_after
+                if age >= ttl:
+                    expired += 1
+                    misses += 1
+                    if whole:
+                        break
+                    continue
+                self.flags[entry] = flags | REFERENCED
+                if flags & IS_MISSING:
+                    status[position] = SERVED_MISSING
+                else:
+                    status[position] = SERVED
+                    for f in range(k):
+                        out[f * n + position] = self.values[entry * k + f]
+                if age < refresh_after:
+                    hits += 1
+                    continue
+                stale_served += 1
+                if not flags & REFRESHING:
+                    self.flags[entry] |= REFRESHING
+                    refresh.append(position)
+                    refreshing.append(entry)
+        finally:
+            free(scratch)
+        if whole and misses:
+            for entry in refreshing:
+                self.flags[entry] &= ~REFRESHING
+            return None
+        self.hits += hits
+        self.misses += misses
+        self.expired += expired
+        self.stale_served += stale_served
         return out_arr, status_arr, refresh
 
     def put(self, str entity_id, values, double fetched_at):

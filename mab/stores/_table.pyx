@@ -38,11 +38,7 @@ cnp.import_array()
 cdef extern from "Python.h":
     const char *PyUnicode_AsUTF8AndSize(object unicode, Py_ssize_t *size) except NULL
 
-cdef extern from *:
-    """
-    #define MAB_PREFETCH(p) __builtin_prefetch((const void *)(p))
-    """
-    void prefetch "MAB_PREFETCH"(const void *p) noexcept nogil
+from mab.stores._prefetch cimport prefetch
 
 # How many ids ahead the lookup pipeline prefetches (see IdIndex.find), and
 # the size of its ring buffers (a power of two > 3 * AHEAD). A request's ids
