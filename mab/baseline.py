@@ -33,7 +33,7 @@ class PythonLookupStore(embedded.Store):
             for row, (start, length) in enumerate(zip(records["offset"].tolist(), records["length"].tolist()))
         }
 
-    def fetch(self, item_ids, prefix, suffix, features, deadline=None):
+    def fetch(self, item_ids, prefix, suffix, features, deadline=None, wait=True):
         absent = len(self._rows)
         get = self._rows.get
         rows = np.array([get(f"{prefix}{item}{suffix}", absent) for item in item_ids], dtype=np.int64)

@@ -2,6 +2,13 @@
 them to status codes in one table (``mab.web.ERROR_STATUS``)."""
 
 
+class WouldWait(Exception):
+    """A call asked not to wait (``wait=False``: a remote store's fetch, on
+    the worker's loop thread) would have to, on the network; nothing was
+    done or counted, and the caller runs it again where it may wait. Not a
+    MabError: it never becomes an answer."""
+
+
 class MabError(Exception):
     """Base class. ``code`` is a stable, machine-readable name for clients."""
 

@@ -49,6 +49,10 @@ backlog = int(os.environ.get("MAB_BACKLOG", "2048"))
 #   store a request waits on the network, so 16 threads per worker keep the
 #   core busy meanwhile. MAB_WORKER_THREADS overrides. The sampler itself
 #   uses one thread per worker (MAB_SAMPLER_THREADS), see mab.sampling.
+#   MAB_INLINE_FIRST=1 (read by mab.http.worker) first runs a prediction
+#   inline even then, and on a thread only when the store's cache lacks some
+#   of its items: a shorter latency tail while the cache serves nearly
+#   everything, at more CPU per request (measured in docs/benchmarks.md).
 #
 # max_requests, max_requests_jitter: recycle a worker now and then, at
 #   different times across workers, to bound slow leaks: every million

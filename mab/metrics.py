@@ -202,6 +202,13 @@ class Recorder:
         with self._lock:
             self._running += 1
 
+    def put_back(self, counted_in_flight):
+        """A request that started is put back unanswered, to run again
+        (mab.http.wsgi.RunOnThread): it is counted when it does."""
+        if counted_in_flight:
+            with self._lock:
+                self._running -= 1
+
     def request(self, path, status, seconds, environ, counted_in_flight, queued=None):
         """One answered request: its path, status (str, e.g. "200"), seconds
         in the app, its environ (what the /predict resource left there), and

@@ -81,14 +81,17 @@ class BetaModel:
                     "row's counts were last updated"
                 ) from None
 
-    def parameters(self, item_ids, user_id=None, deadline=None):
+    def parameters(self, item_ids, user_id=None, deadline=None, wait=True):
         if self.template.needs_user and user_id is None:
             raise InvalidRequest(
                 f"model {self.name!r} needs user_id (its entity ids are {self.template.text!r})",
                 code="user_id_required",
             )
         prefix, suffix = self._fixed_parts or self.template.parts(user_id)
-        batch = self.store.fetch(item_ids, prefix, suffix, self._fetched, deadline)
+        if wait:
+            batch = self.store.fetch(item_ids, prefix, suffix, self._fetched, deadline)
+        else:   # may raise WouldWait (see mab.stores)
+            batch = self.store.fetch(item_ids, prefix, suffix, self._fetched, deadline, wait=False)
         if batch.failed and self.config.on_store_error == "fail":
             raise StoreUnavailable(
                 f"features of {batch.failed} of {len(item_ids)} items could not be fetched "

@@ -380,10 +380,18 @@ class PredictionService:
 
     # -- the hot path ----------------------------------------------------------
 
-    def predict(self, request, deadline=None):
+    @property
+    def caches_remote_features(self):
+        """Whether some store is remote with a cache in this worker, so that
+        a prediction may be answered without waiting (``wait=False``)."""
+        return any(getattr(store, "caching", False) for store in self.stores.values())
+
+    def predict(self, request, deadline=None, wait=True):
         """Answer one request. ``deadline``: a ``time.monotonic()`` instant by
         which the feature fetch must be done (the store's own deadline, counted
-        from the fetch, applies when it is sooner or None)."""
+        from the fetch, applies when it is sooner or None). ``wait=False``:
+        raise ``WouldWait`` rather than wait on a remote store (before
+        anything is drawn or logged)."""
         if not self._ready.is_set():
             if self._load_error is not None:
                 raise NotReady(f"the service failed to load: {self._load_error}", code="load_failed", retry_after=30)
@@ -394,7 +402,7 @@ class PredictionService:
                 f"no model named {request.model!r} (models: {', '.join(sorted(self.models))})"
             )
         started = time.perf_counter()
-        params = model.parameters(request.item_ids, request.user_id, deadline)
+        params = model.parameters(request.item_ids, request.user_id, deadline, wait)
         fetched = time.perf_counter()
         seed = sampling.fresh_seed() if request.seed is None else request.seed
         raw_id, decision_id = new_decision_id()

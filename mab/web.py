@@ -24,8 +24,9 @@ from mab.errors import (
     TooManyItems,
     Unavailable,
     UnknownModel,
+    WouldWait,
 )
-from mab.http.wsgi import DEADLINE_KEY, RECEIVED_KEY
+from mab.http.wsgi import DEADLINE_KEY, INLINE_KEY, RECEIVED_KEY, RunOnThread
 import mab
 from mab import metrics as mab_metrics      # create_app's `metrics` parameter would shadow "metrics"
 from mab import sampling
@@ -165,7 +166,9 @@ class PredictionResource:
         # The client's deadline (x-envoy-expected-rq-timeout-ms), as the
         # worker read it from the request head: the feature fetch ends by
         # then, so no answer is computed for a client that has given up.
-        prediction = self.service.predict(request, req.env.get(DEADLINE_KEY))
+        # In the worker's loop (INLINE_KEY), a fetch that would wait on the
+        # network raises WouldWait instead, and the request runs on a thread.
+        prediction = self.service.predict(request, req.env.get(DEADLINE_KEY), not req.env.get(INLINE_KEY, False))
         encoding = time.perf_counter()
         resp.data = orjson.dumps(
             {
@@ -270,6 +273,13 @@ def load_openapi_document():
     return orjson.loads(importlib.resources.files("mab").joinpath("openapi.json").read_bytes())
 
 
+def run_on_thread(req, resp, ex, params):
+    """A prediction in the worker's loop would wait on a remote store: the
+    worker runs the request again on a thread (mab.http.wsgi.RunOnThread).
+    Falcon lets an exception its handler raises leave the app."""
+    raise RunOnThread(str(ex)) from ex
+
+
 def create_stores(config):
     return {name: create_store(settings, config.cache_dir) for name, settings in config.stores.items()}
 
@@ -284,6 +294,14 @@ class App(falcon.App):
         # Read by mab.worker, which refuses larger bodies before reading them.
         self.max_body_bytes = max_body_bytes
         self.metrics = recorder
+        # Read by mab.worker: with a pool of threads (a remote store), the
+        # requests to these paths first run in its loop, told not to wait:
+        # a prediction a cache answers whole costs less there than the
+        # hand-off to a thread. Without a cache every prediction waits.
+        self.inline_first_paths = (
+            frozenset({"/predict", "/health", "/ready", "/openapi.json"}) if service.caches_remote_features
+            else frozenset()
+        )
 
     def __call__(self, environ, start_response):
         """Falcon's app, with the request's X-Request-ID (mab.access_log) on
@@ -310,8 +328,13 @@ class App(falcon.App):
         started = time.perf_counter()
         try:
             return super().__call__(environ, start_response_with_id)
+        except RunOnThread:
+            status = None    # not answered: it is counted when it runs again, on a thread
+            recorder.put_back(in_flight)
+            raise
         finally:
-            recorder.request(path, status, time.perf_counter() - started, environ, in_flight, queued)
+            if status is not None:
+                recorder.request(path, status, time.perf_counter() - started, environ, in_flight, queued)
 
 
 def create_app(config, *, stores=None, sampler=sample_beta, load="background", metrics=True, decision_sink=None):
@@ -353,6 +376,7 @@ def create_app(config, *, stores=None, sampler=sample_beta, load="background", m
     app = App(service, max_body_bytes=config.max_body_bytes, media_type=JSON, recorder=recorder)
     app.set_error_serializer(serialize_error)
     app.add_error_handler(MabError, handle_domain_error)
+    app.add_error_handler(WouldWait, run_on_thread)
     app.add_route(
         "/predict",
         PredictionResource(service, max_items=config.max_items, max_body_bytes=config.max_body_bytes),

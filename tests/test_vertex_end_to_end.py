@@ -159,3 +159,40 @@ def test_a_hanging_store_answers_by_the_client_deadline_and_health_stays_up(tmp_
         standin.stop()
         server.stop()
     assert "Traceback" not in server.output()
+
+
+def test_inline_first_answers_from_the_cache_in_the_loop_and_the_rest_on_threads(tmp_path, data_csv):
+    # MAB_INLINE_FIRST=1: a prediction the cache serves whole runs in the
+    # worker's loop, any other on a thread; the answers are the same.
+    standin = StandInProcess(tmp_path, data_csv).start()
+    view = {key: value for key, value in standin.settings.items() if key not in ("featurestore", "entity_type")}
+    view.update(backend="vertex", feature_online_store="mab", feature_view="items", deadline_ms=1000,
+                cache_ttl_seconds=600)
+    config_path = tmp_path / "mab.toml"
+    config_path.write_text(toml_table("stores.default", view) + "\n")
+    server = Server(tmp_path, {"MAB_CONFIG": str(config_path), "MAB_CACHE_DIR": str(tmp_path / "cache"),
+                               "WEB_CONCURRENCY": "1", "MAB_INLINE_FIRST": "1"})
+    try:
+        server.start()
+        server.wait_ready()
+        ids = [f"item-{i:04d}" for i in range(0, N_ITEMS, 3)] + ["not-in-the-data"]
+        doc = {"item_ids": ids, "top_k": 30, "seed": 7}
+        expected = embedded_answer(data_csv, tmp_path, doc)
+        for _ in range(3):   # fetched on a thread, then served from the cache in the loop
+            status, _, body = post(server, doc)
+            assert status == 200
+            del body["decision_id"]
+            assert body == expected
+        cache = orjson.loads(server.request("GET", "/ready")[2])["stores"]["default"]["cache"]
+        assert cache["hits"] == 2 * len(ids) and cache["misses"] == len(ids), cache
+        # Without the store, what the cache holds is still answered; the rest is not.
+        assert standin.stop() == 0
+        status, _, body = post(server, doc)
+        assert status == 200 and body["degraded"] is False
+        status, _, body = post(server, {"item_ids": ids + ["item-0001"]})
+        assert status == 503 and body["error"]["code"] == "store_unavailable"
+    finally:
+        standin.stop()
+        returncode = server.stop() if server.process else None
+    assert returncode == 0, server.output()
+    assert "Traceback" not in server.output()

@@ -293,3 +293,45 @@ def test_fast_and_general_parsers_give_the_same_answer(client):
     assert fast.pop("decision_id") != general.pop("decision_id")
     assert fast == general
 
+
+
+# -- in the worker's loop (INLINE_KEY, MAB_INLINE_FIRST) -----------------------------------
+
+
+def test_in_the_loop_a_prediction_that_would_wait_goes_back_to_the_worker(tmp_path):
+    from mab.http.wsgi import INLINE_KEY, RunOnThread
+    from mab.testing.vertex_standin import VertexStandIn
+    from tests.conftest import ITEMS_CSV
+    from tests.vertex import vertex_config
+
+    path = tmp_path / "items.csv"
+    path.write_text(ITEMS_CSV)
+    standin = VertexStandIn.from_csv(path).start()
+    try:
+        config = vertex_config(standin, "vertex", {"cache_ttl_seconds": 600, "deadline_ms": 5000})
+        app = create_app(config, load="now")
+        assert app.inline_first_paths >= {"/predict", "/health"}
+        client = testing.TestClient(app)
+        body = orjson.dumps({"item_ids": ["item-1", "item-2", "new"], "seed": 3})
+        inline = {INLINE_KEY: True}
+        try:
+            with pytest.raises(RunOnThread):
+                client.simulate_post("/predict", body=body, headers=JSON_HEADERS, extras=inline)
+            recorder = app.metrics
+            assert recorder._running == 0 and not recorder._counts, "not answered: neither in flight nor counted"
+            answered = predict(client, body=body)          # where it may wait: fetched, and now cached
+            assert answered.status_code == 200
+            again = client.simulate_post("/predict", body=body, headers=JSON_HEADERS, extras=inline)
+            assert again.status_code == 200 and again.json["scores"] == answered.json["scores"]
+            assert sum(recorder._counts.values()) == 2
+            # Errors found before any fetch are answered in the loop too.
+            assert client.simulate_post("/predict", body=b"{nope", headers=JSON_HEADERS,
+                                        extras=inline).status_code == 400
+        finally:
+            app.service.close()
+    finally:
+        standin.stop()
+
+
+def test_without_a_remote_cache_nothing_is_tried_in_the_loop(app):
+    assert app.inline_first_paths == frozenset()

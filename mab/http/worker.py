@@ -17,6 +17,18 @@ application is CPU-bound on the embedded store. With ``threads > 1`` (for a
 remote feature store, where a request waits on the network) complete
 requests run on a pool of that many threads while the loop keeps reading
 and writing; a connection's requests still run one at a time, in order.
+With ``MAB_INLINE_FIRST=1``, a request to a path the application lists in
+``inline_first_paths`` first runs in the loop, told not to wait
+(``INLINE_KEY`` in its environ); it goes to a thread only if the
+application raises ``RunOnThread`` (a remote store's cache lacks some of its
+items, say). Requests are then answered in arrival order rather than as
+threads take turns with the interpreter's lock, which shortens the latency's
+tail while the cache serves nearly everything; but the loop then shares the
+lock with the cache's refreshes, and sending each answer at once costs more
+CPU than sending them in batches. Measured side by side (docs/benchmarks.md,
+"Third pass"): p99 1.15x against 1.4x the embedded store's, CPU 1.07x
+against 0.95x, and with refreshes running all the time worse on both; so it
+is off by default.
 
 Overload (``mab.http.admission``): once the worker's queue has not emptied
 for ``MAB_OVERLOAD_INTERVAL_MS`` (100 ms), a request that waited more than
@@ -68,7 +80,7 @@ from mab.http.admission import CMSG_SIZE, Admission, arrival, enable_receive_tim
 from mab.http.protocol import HttpConnection
 from mab.http.request import Limits, ProtocolError
 from mab.http.response import error_response
-from mab.http.wsgi import build_environ, run_application
+from mab.http.wsgi import INLINE_KEY, build_environ, run_application
 
 READ_SIZE = 256 * 1024
 # How often an old worker waiting for its replacements (mab.handover) looks
@@ -130,6 +142,7 @@ class HttptoolsWorker(base.Worker):
         self.selector = selectors.DefaultSelector()
         self.finished = collections.deque()      # (connection, bytes, keep_alive) from pool threads
         self.pool = None
+        self.inline_paths = frozenset()          # with a pool: paths tried in the loop first
         self.now = time.monotonic()
         self.admission = Admission.from_environ(self.now)
         self.pool_waiting = 0                    # requests submitted to the pool, not yet started
@@ -153,6 +166,8 @@ class HttptoolsWorker(base.Worker):
         self.pre_request = self.cfg.pre_request
         self.post_request = self.cfg.post_request
         self.multiprocess = self.cfg.workers > 1
+        if os.environ.get("MAB_INLINE_FIRST", "0") == "1":
+            self.inline_paths = frozenset(getattr(self.wsgi, "inline_first_paths", ()))
 
     # -- the loop --------------------------------------------------------------------
 
@@ -179,7 +194,8 @@ class HttptoolsWorker(base.Worker):
                 if not self.alive and not self._shutdown_step(now):
                     break
                 events = None
-                if self.pool is None and now - self.admission.last_empty > EMPTY_PROBE_SECONDS:
+                if ((self.pool is None or self.inline_paths) and not self.pool_waiting
+                        and now - self.admission.last_empty > EMPTY_PROBE_SECONDS):
                     # Is anything waiting? If not, the queue is empty (and the
                     # poll below waits); if so, these are the events to serve.
                     events = self.selector.select(timeout=0)
@@ -393,6 +409,12 @@ class HttptoolsWorker(base.Worker):
             if self.pool is None:
                 http.respond(*self.handle(conn, request))
                 continue
+            tried = request.path in self.inline_paths
+            if tried:
+                answer = self.handle(conn, request, inline=True)
+                if answer is not None:
+                    http.respond(*answer)
+                    continue
             if http.out:
                 self._send(conn)            # earlier answers go out before this one runs
             # No reading while a thread has the connection: the loop would spin
@@ -402,15 +424,15 @@ class HttptoolsWorker(base.Worker):
                 if not self.pool_waiting:
                     self.admission.note_empty(time.monotonic())   # no request waits for a thread
                 self.pool_waiting += 1
-            self.pool.submit(self._handle_on_pool, conn, request)
+            self.pool.submit(self._handle_on_pool, conn, request, tried)
             return
         self._flush(conn)
 
-    def _handle_on_pool(self, conn, request):
+    def _handle_on_pool(self, conn, request, tried):
         with self.pool_lock:
             self.pool_waiting -= 1
         try:
-            self.finished.append((conn, *self.handle(conn, request)))
+            self.finished.append((conn, *self.handle(conn, request, again=tried)))
         finally:
             try:
                 os.write(self.PIPE[1], b"\0")
@@ -518,23 +540,29 @@ class HttptoolsWorker(base.Worker):
 
     # -- one request ------------------------------------------------------------------
 
-    def handle(self, conn, request):
+    def handle(self, conn, request, inline=False, again=False):
         """Run the application on one request: (response bytes, keep the connection).
 
         A request that waited too long to start (mab.http.admission) is
-        answered 503 without the application, the hooks or the access log."""
+        answered 503 without the application, the hooks or the access log.
+        ``inline``: in the loop, told not to wait; returns None when the
+        application raised RunOnThread. ``again``: the second run of such a
+        request, on a thread (counted and hooked once, in the first)."""
         started = time.monotonic()
         # Answers keep their connection while the worker serves, and while it
         # hands over to its replacements (mab.handover); not from the TERM
         # until the worker knows which, nor in the drain.
         if not self.admission.admits(request, started):
             return self.admission.refusal(request, self.alive or self.stopping == "handover")
-        self.nr += 1
-        if self.nr >= self.max_requests:
-            if self.alive:
-                self.log.info("Autorestarting worker after current request.")
-            self.alive = False
+        if not again:
+            self.nr += 1
+            if self.nr >= self.max_requests:
+                if self.alive:
+                    self.log.info("Autorestarting worker after current request.")
+                self.alive = False
         environ = build_environ(request, conn.server, conn.addr,
                                 multithread=self.pool is not None, multiprocess=self.multiprocess)
+        if inline:
+            environ[INLINE_KEY] = True
         keep_alive = request.keep_alive and (self.alive or self.stopping == "handover")
-        return run_application(self, request, environ, keep_alive, started)
+        return run_application(self, request, environ, keep_alive, started, pre_request=not again)

@@ -21,6 +21,17 @@ from mab.http.response import InvalidResponse, encode_response, error_response
 
 DEADLINE_KEY = "mab.deadline"
 RECEIVED_KEY = "mab.received"
+#: True when the request runs in the worker's loop thread while the worker
+#: also has a pool of threads: the application must not wait (on the
+#: network) there, and raises RunOnThread instead.
+INLINE_KEY = "mab.inline"
+
+
+class RunOnThread(Exception):
+    """Raised by the application, for a request whose environ has
+    ``INLINE_KEY`` true, before it has answered or recorded anything, when
+    answering would wait: the worker runs the request again, from the
+    start, on one of its threads."""
 
 
 def build_environ(request, server, peer, *, multithread, multiprocess):
@@ -121,19 +132,24 @@ def http_date():
     return _date[1]
 
 
-def run_application(worker, request, environ, keep_alive, started):
+def run_application(worker, request, environ, keep_alive, started, pre_request=True):
     """Run `worker`'s WSGI application (gunicorn's ``worker.wsgi``) on
-    `request` as gunicorn's workers do: the pre_request hook, the
-    application, the access log (when configured), the post_request hook.
-    (response bytes, whether the connection stays open); a failure of the
+    `request` as gunicorn's workers do: the pre_request hook (unless
+    `pre_request` is false: a second run of a request that raised
+    RunOnThread), the application, the access log (when configured), the
+    post_request hook. (response bytes, whether the connection stays open),
+    or None when the application raised RunOnThread; a failure of the
     application or a response that cannot be sent is logged and answered
     500, closing the connection. `started` is time.monotonic() when the
     request started, for the access log."""
     try:
-        worker.pre_request(worker, request)
+        if pre_request:
+            worker.pre_request(worker, request)
         status, headers, body_parts, sized = call_application(worker.wsgi, environ)
         data, keep_alive, length = encode_response(request, status, headers, body_parts, sized, keep_alive,
                                                    http_date())
+    except RunOnThread:
+        return None
     except InvalidResponse as exc:
         worker.log.error("Invalid response to %s: %s", request.uri, exc)
         return error_response(500, "internal_error", "internal server error"), False

@@ -9,6 +9,13 @@ Every backend returns a ``FeatureBatch`` and keeps two outcomes apart:
 ``missing`` entities do not exist in the store (new items, scored from the
 prior, nothing wrong), ``failed`` entities could not be fetched (the store
 is down or slow; what happens then is the model's policy).
+
+``fetch(item_ids, prefix, suffix, features, deadline=None, wait=True)``:
+with ``wait=False`` a store that would have to wait on the network raises
+``mab.errors.WouldWait`` instead, having counted nothing; a store in memory
+(and a remote one whose cache serves every item) answers as usual. The
+worker's loop thread asks so (mab.http.worker), and runs the request on a
+thread only when it must.
 """
 
 import importlib

@@ -386,7 +386,8 @@ class Store:
                 f"{', '.join(map(repr, absent))}; it has {', '.join(map(repr, self._column))}"
             )
 
-    def fetch(self, item_ids, prefix, suffix, features, deadline=None):
+    def fetch(self, item_ids, prefix, suffix, features, deadline=None, wait=True):
+        # In memory: never waits, whatever ``wait`` says.
         rows, missing = self._index.find(item_ids, prefix.encode(), suffix.encode())
         feature_rows = self._feature_rows.get(features)
         if feature_rows is None:

@@ -431,3 +431,35 @@ def test_a_full_worker_makes_room_for_a_new_client(tmp_path, data_csv):
     finally:
         server.stop()
 
+
+
+# -- MAB_INLINE_FIRST -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("inline_first", ["1", "0"])
+def test_inline_first_runs_in_the_loop_what_does_not_wait(tmp_path, data_csv, inline_first):
+    # With a pool and MAB_INLINE_FIRST=1, the app's inline_first_paths run in
+    # the loop thread first; one that raises RunOnThread runs again, once, on
+    # the pool; pipelined, everything is still answered in order.
+    server = start(tmp_path, data_csv, MAB_WORKER_THREADS="4", MAB_INLINE_FIRST=inline_first,
+                   app="tests.http.thread_app:app")
+    try:
+        client = Client(server.port)
+        paths = ["/inline", "/pool", "/waits", "/inline", "/waits", "/pool"]
+        client.send(b"".join(
+            b"GET %s HTTP/1.1\r\nHost: test\r\nX-Key: %d\r\n\r\n" % (path.encode(), i) for i, path in enumerate(paths)
+        ))
+        answers = []
+        for _ in paths:
+            status, _, body = client.response()
+            assert status == 200
+            answers.append(orjson.loads(body))
+        assert [a["path"] for a in answers] == paths
+        for answer in answers:
+            tried_inline = inline_first == "1" and answer["path"] != "/pool"
+            in_loop = tried_inline and answer["path"] == "/inline"
+            assert answer["thread"].startswith("mab-request") != in_loop, answer
+            assert answer["inline"] == in_loop, answer
+            assert answer["calls"] == (2 if tried_inline and answer["path"] == "/waits" else 1), answer
+    finally:
+        server.stop()

@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pytest
 
+from mab.errors import WouldWait
 from mab.stores import vertex, vertex_legacy
 from tests.stores.conftest import numbered, timed
 from tests.vertex import FEATURES, VARIANTS, vertex_config
@@ -186,3 +187,43 @@ def test_settings_of_the_cache(standin):
     with pytest.raises(ConfigError, match="cache_refresh_after_seconds must be >= 0 and <= 10"):
         vertex_config(standin, "vertex", {"cache_ttl_seconds": 10, "cache_refresh_after_seconds": 11})
 
+
+
+# -- fetches that must not wait (the worker's loop, MAB_INLINE_FIRST) -------------------
+
+
+def test_a_fetch_that_must_not_wait_is_served_whole_by_the_cache_or_not_at_all(standin, cached_store):
+    store, clock = cached_store()
+    ids = ["item-1", "item-2", "brand-new"]
+    calls = len(standin.calls) + standin.streams
+    with pytest.raises(WouldWait):
+        store.fetch(ids, "", "", FEATURES, wait=False)
+    assert len(standin.calls) + standin.streams == calls, "no call"
+    assert cache_info(store)["misses"] == 0, "nothing counted"
+    fetched = store.fetch(ids, "", "", FEATURES)
+    before = cache_info(store)
+    served = store.fetch(ids, "", "", FEATURES, wait=False)
+    assert [c.tolist() for c in served.columns] == [c.tolist() for c in fetched.columns]
+    assert (served.missing, served.failed) == (1, 0)
+    assert cache_info(store)["hits"] == before["hits"] + 3
+    with pytest.raises(WouldWait):
+        store.fetch(ids + ["item-3"], "", "", FEATURES, wait=False)
+    with pytest.raises(WouldWait):
+        store.fetch(ids, "user:", "", FEATURES, wait=False)      # other entity ids
+    assert cache_info(store)["misses"] == before["misses"], "a lookup that does not serve all counts nothing"
+    # Stale: served, and refreshed in the background.
+    clock.now += REFRESH_AFTER
+    assert store.fetch(ids[:2], "", "", FEATURES, wait=False).columns[0].tolist() == fetched.columns[0].tolist()[:2]
+    wait_for(lambda: cache_info(store)["refreshed"] >= 2)
+    # Expired (the missing entity's own TTL): it must be fetched again.
+    clock.now += MISSING_TTL
+    with pytest.raises(WouldWait):
+        store.fetch(ids, "", "", FEATURES, wait=False)
+
+
+def test_without_its_cache_a_remote_store_always_waits(standin, cached_store):
+    store, _ = cached_store(cache_ttl_seconds=0, cache_refresh_after_seconds=0, cache_missing_ttl_seconds=0)
+    store.fetch(["item-1"], "", "", FEATURES)
+    assert not store.caching
+    with pytest.raises(WouldWait):
+        store.fetch(["item-1"], "", "", FEATURES, wait=False)

@@ -86,13 +86,17 @@ class FeatureCache:
 
     # -- the request path --------------------------------------------------------
 
-    def lookup(self, features, item_ids, prefix, suffix):
-        """``(values, status, stale)`` for ``prefix + id + suffix`` of each id
-        (see ``EntityCache.lookup``); the stale ones are queued for a
-        refresh before this returns, and nobody waits for it."""
+    def lookup(self, features, item_ids, prefix, suffix, whole=False):
+        """``(values, status)`` for ``prefix + id + suffix`` of each id (see
+        ``EntityCache.lookup``); the stale ones are queued for a refresh
+        before this returns, and nobody waits for it. With ``whole``, None
+        unless every id is served (nothing is then counted or queued)."""
         table = self.table(features)
         with self._lock:
-            values, status, refresh = table.lookup(item_ids, prefix.encode(), suffix.encode(), self.clock())
+            found = table.lookup(item_ids, prefix.encode(), suffix.encode(), self.clock(), whole)
+        if found is None:
+            return None
+        values, status, refresh = found
         if refresh:
             self._queue_refresh(features, [prefix + item_ids[i] + suffix for i in refresh])
         return values, status

@@ -53,7 +53,7 @@ import time
 
 import numpy as np
 
-from mab.errors import ConfigError
+from mab.errors import ConfigError, WouldWait
 from mab.stores import FeatureBatch
 from mab.stores._vertex.breaker import CircuitBreaker
 from mab.stores._vertex.cache import NOT_SERVED, SERVED_MISSING, FeatureCache
@@ -210,17 +210,33 @@ class VertexStore:
 
     # -- the hot path ----------------------------------------------------------
 
-    def fetch(self, item_ids, prefix, suffix, features, deadline=None):
+    @property
+    def caching(self):
+        """Whether this worker caches fetched features (so that ``fetch``
+        with ``wait=False`` can answer)."""
+        return self.settings.cache_ttl_seconds > 0
+
+    def fetch(self, item_ids, prefix, suffix, features, deadline=None, wait=True):
         """Features of ``prefix + item_id + suffix`` for each item, in order.
 
         ``item_ids``: a list of str or an ``IdSpans``. ``deadline`` is a
         ``time.monotonic()`` instant; the store's own deadline_ms, counted
         from now, applies when it is sooner or None. Returns a FeatureBatch;
         never raises for the store's own failures (they are failed items).
+
+        ``wait=False``: answer from the cache alone, or raise ``WouldWait``
+        (having counted nothing) when some item needs a call: the caller,
+        the worker's loop thread, runs the request again on a thread.
         """
+        features = tuple(features)
+        if not wait:
+            found = None if self._cache is None else self._cache.lookup(features, item_ids, prefix, suffix, whole=True)
+            if found is None:
+                raise WouldWait(f"store {self.settings.name!r} must call {self.backend} for some items")
+            values, status = found
+            return FeatureBatch(tuple(values), int(np.count_nonzero(status == SERVED_MISSING)))
         now = time.monotonic()
         end = now + self._deadline if deadline is None else min(deadline, now + self._deadline)
-        features = tuple(features)
         if self._cache is None:
             entity_ids = [prefix + item_id + suffix for item_id in item_ids] if prefix or suffix else list(item_ids)
             outcomes = self._guarded_fetch(list(dict.fromkeys(entity_ids)), features, end)
