@@ -39,7 +39,9 @@ def make_stream():
         return calls[-1]
 
     def read_answer(response, features):
-        return [(key, (features, key), key) for key in response], []
+        # An answer is a list of keys, or (keys, failed keys).
+        keys, failed = response if type(response) is tuple else (response, [])
+        return list(keys), [(features, key) for key in keys], list(keys), list(failed)
 
     stream = SharedStream(open_call, read_answer, lambda key, features, entry: (features, entry), FAILED,
                           lambda exc: exc, RuntimeError, "test-stream")
@@ -119,3 +121,26 @@ def test_close_is_final_and_not_transient():
     stream.close()
     outcomes, error = stream.fetch(["k"], "f", [], timeout=1)
     assert outcomes == {} and error.transient is False
+
+
+def test_a_message_for_one_fetch_hands_out_each_key_once():
+    # The common case (every key of a message awaited by one fetch alone)
+    # and its exceptions: a key answered twice in one message, failed keys,
+    # and keys nobody waits for (anymore).
+    stream, call = make_stream()
+    results = {}
+
+    def fetch(name, keys, features):
+        results[name] = stream.fetch(keys, features, [], timeout=5)
+
+    thread = threading.Thread(target=fetch, args=("a", ["k1", "k2", "k3", "k4", "k5"], "f"))
+    thread.start()
+    time.sleep(0.1)
+    call.answers.put(["k1", "k2"])                   # one fetch, each key once
+    call.answers.put(["k3", "k3", "unknown"])         # twice, and one nobody asked for
+    call.answers.put((["k4"], ["k5"]))                # k5 answered with an error
+    thread.join(5)
+    assert results["a"] == ({"k1": ("f", "k1"), "k2": ("f", "k2"), "k3": ("f", "k3"), "k4": ("f", "k4"),
+                             "k5": FAILED}, None)
+    assert stream._waiting == {}
+    stream.close()
