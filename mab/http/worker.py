@@ -565,4 +565,8 @@ class HttptoolsWorker(base.Worker):
         if inline:
             environ[INLINE_KEY] = True
         keep_alive = request.keep_alive and (self.alive or self.stopping == "handover")
-        return run_application(self, request, environ, keep_alive, started, pre_request=not again)
+        answer = run_application(self, request, environ, keep_alive, started, pre_request=not again)
+        if answer is None and not inline:
+            self.log.error("the application raised RunOnThread for %s outside the loop", request.uri)
+            return error_response(500, "internal_error", "internal server error"), False
+        return answer

@@ -463,3 +463,15 @@ def test_inline_first_runs_in_the_loop_what_does_not_wait(tmp_path, data_csv, in
             assert answer["calls"] == (2 if tried_inline and answer["path"] == "/waits" else 1), answer
     finally:
         server.stop()
+
+
+def test_run_on_thread_outside_the_loop_is_a_500(tmp_path, data_csv):
+    server = start(tmp_path, data_csv, MAB_WORKER_THREADS="4", MAB_INLINE_FIRST="1", app="tests.http.thread_app:app")
+    try:
+        client = Client(server.port)
+        client.send(b"GET /rogue HTTP/1.1\r\nHost: test\r\n\r\n")
+        status, headers, _ = client.response()
+        assert status == 500 and headers.get("connection") == "close"
+        assert "raised RunOnThread for /rogue outside the loop" in server.output()
+    finally:
+        server.stop()

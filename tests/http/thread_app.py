@@ -1,7 +1,8 @@
 """A WSGI app for the worker's tests of ``MAB_INLINE_FIRST``: it answers
 with the thread that ran it and how many times it was called for the
 request's ``X-Key``; it lists ``/inline`` and ``/waits`` as paths to try in
-the worker's loop first, and ``/waits`` raises RunOnThread when run there."""
+the worker's loop first, and ``/waits`` raises RunOnThread when run there;
+``/rogue`` raises it everywhere (a bug: the worker answers 500)."""
 
 import collections
 import threading
@@ -23,7 +24,7 @@ class App:
         with self.lock:
             self.calls[environ.get("HTTP_X_KEY")] += 1
             calls = self.calls[environ.get("HTTP_X_KEY")]
-        if path == "/waits" and environ.get(INLINE_KEY):
+        if path == "/waits" and environ.get(INLINE_KEY) or path == "/rogue":
             raise RunOnThread("it would wait")
         body = orjson.dumps({
             "thread": threading.current_thread().name, "path": path, "calls": calls,
