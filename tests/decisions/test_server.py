@@ -29,22 +29,25 @@ def wait_for(condition, timeout=60):
     return False
 
 
-def test_two_workers_log_every_decision(tmp_path):
+def start_logging_server(tmp_path, decision_log, log_fraction=1.0, **env):
+    """A started server on ITEMS_CSV whose default model logs decisions
+    (``log_fraction``), with ``decision_log`` the lines of the
+    ``[decision_log]`` table and ``env`` more of the server's environment."""
     (tmp_path / "items.csv").write_text(ITEMS_CSV)
-    directory = tmp_path / "decisions"
     config = tmp_path / "mab.toml"
-    config.write_text(f"""
-[stores.default]
-path = "items.csv"
-[models.default]
-log_fraction = 1.0
-[decision_log]
-directory = "{directory}"
-rotate_seconds = 1
-""")
-    server = Server(tmp_path, {"MAB_CONFIG": str(config), "MAB_CACHE_DIR": str(tmp_path / "cache"),
-                               "WEB_CONCURRENCY": "2", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")})
+    config.write_text(
+        f'[stores.default]\npath = "items.csv"\n[models.default]\nlog_fraction = {log_fraction}\n'
+        f"[decision_log]\n{decision_log}\n"
+    )
+    server = Server(tmp_path, {"MAB_CONFIG": str(config), "MAB_CACHE_DIR": str(tmp_path / "cache"), **env})
     server.start()
+    return server
+
+
+def test_two_workers_log_every_decision(tmp_path):
+    directory = tmp_path / "decisions"
+    server = start_logging_server(tmp_path, f'directory = "{directory}"\nrotate_seconds = 1', WEB_CONCURRENCY="2",
+                                  PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"))
     try:
         server.wait_ready()
         workers = server.wait_for_workers(2)
@@ -81,22 +84,9 @@ rotate_seconds = 1
 
 def test_the_last_file_is_closed_when_the_worker_stops(tmp_path):
     # No rotation while it runs: the file is completed by worker_exit.
-    (tmp_path / "items.csv").write_text(ITEMS_CSV)
     directory = tmp_path / "decisions"
-    config = tmp_path / "mab.toml"
-    config.write_text(f"""
-[stores.default]
-path = "items.csv"
-[models.default]
-log_fraction = 1.0
-[decision_log]
-directory = "{directory}"
-rotate_seconds = 0
-rotate_records = 0
-""")
-    server = Server(tmp_path, {"MAB_CONFIG": str(config), "MAB_CACHE_DIR": str(tmp_path / "cache"),
-                               "WEB_CONCURRENCY": "1"})
-    server.start()
+    server = start_logging_server(tmp_path, f'directory = "{directory}"\nrotate_seconds = 0\nrotate_records = 0',
+                                  WEB_CONCURRENCY="1")
     try:
         server.wait_ready()
         ids = {server.predict({"item_ids": ["item-1", "item-2"]})[1]["decision_id"] for _ in range(10)}
@@ -111,19 +101,8 @@ rotate_records = 0
 
 
 def test_a_directory_the_workers_cannot_write_stops_the_start(tmp_path):
-    (tmp_path / "items.csv").write_text(ITEMS_CSV)
     (tmp_path / "taken").write_text("a file where the directory should be")
-    config = tmp_path / "mab.toml"
-    config.write_text("""
-[stores.default]
-path = "items.csv"
-[models.default]
-log_fraction = 0.5
-[decision_log]
-directory = "taken/decisions"
-""")
-    server = Server(tmp_path, {"MAB_CONFIG": str(config), "MAB_CACHE_DIR": str(tmp_path / "cache")})
-    server.start()
+    server = start_logging_server(tmp_path, 'directory = "taken/decisions"', log_fraction=0.5)
     assert server.process.wait(60) != 0
     server.log.close()
     assert f"mab: decision_log.directory: {tmp_path}/taken/decisions: Not a directory" in server.output()
@@ -133,19 +112,7 @@ directory = "taken/decisions"
 def test_json_lines_go_to_the_workers_stdout(tmp_path):
     from mab.decisions import read_json_lines
 
-    (tmp_path / "items.csv").write_text(ITEMS_CSV)
-    config = tmp_path / "mab.toml"
-    config.write_text("""
-[stores.default]
-path = "items.csv"
-[models.default]
-log_fraction = 1.0
-[decision_log]
-sink = "jsonl"
-""")
-    server = Server(tmp_path, {"MAB_CONFIG": str(config), "MAB_CACHE_DIR": str(tmp_path / "cache"),
-                               "WEB_CONCURRENCY": "1"})
-    server.start()
+    server = start_logging_server(tmp_path, 'sink = "jsonl"', WEB_CONCURRENCY="1")
     try:
         server.wait_ready()
         answers = {}
