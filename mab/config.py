@@ -388,6 +388,19 @@ def _parse_store(name, table, base_dir):
     return settings_class.from_table(name, table, where, base_dir)
 
 
+def read_toml(path, where):
+    """The parsed TOML file ``path`` (a dict). Raises ConfigError, its
+    message starting with ``where``, when the file cannot be read or is not
+    valid TOML."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"{where}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where}: not valid TOML: {exc}") from None
+
+
 def load_config(environ=None):
     """Build and validate the Config from MAB_CONFIG's file and the environment."""
     environ = os.environ if environ is None else environ
@@ -395,13 +408,7 @@ def load_config(environ=None):
     document = {}
     base_dir = os.getcwd()
     if path:
-        try:
-            with open(path, "rb") as f:
-                document = tomllib.load(f)
-        except OSError as exc:
-            raise ConfigError(f"MAB_CONFIG={path}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"MAB_CONFIG={path}: not valid TOML: {exc}") from None
+        document = read_toml(path, f"MAB_CONFIG={path}")
         # Relative paths in the file are relative to the file, not to the cwd.
         base_dir = os.path.dirname(os.path.abspath(path))
     return config_from_document(document, environ, source=path or "environment", base_dir=base_dir)

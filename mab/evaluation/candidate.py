@@ -16,7 +16,6 @@ with f), h the logged half-life (no factor without decay or age). So
 computed as one factor 2^(age * (1/h - 1/h')), with 1/h = 0 for no decay.
 """
 
-import tomllib
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,14 +73,7 @@ def candidate_from_document(document, model=None, source="<document>"):
 def load_candidate(path, model=None):
     """The Candidate of ``model`` in the TOML file ``path``; see candidate_from_document.
     Raises ConfigError when the file cannot be read or is invalid."""
-    try:
-        with open(path, "rb") as f:
-            document = tomllib.load(f)
-    except OSError as exc:
-        raise ConfigError(f"{path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return candidate_from_document(document, model, source=str(path))
+    return candidate_from_document(mab_config.read_toml(path, str(path)), model, source=str(path))
 
 
 @dataclass
