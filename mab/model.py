@@ -88,10 +88,8 @@ class BetaModel:
                 code="user_id_required",
             )
         prefix, suffix = self._fixed_parts or self.template.parts(user_id)
-        if wait:
-            batch = self.store.fetch(item_ids, prefix, suffix, self._fetched, deadline)
-        else:   # may raise WouldWait (see mab.stores)
-            batch = self.store.fetch(item_ids, prefix, suffix, self._fetched, deadline, wait=False)
+        # wait=False may raise WouldWait (see mab.stores).
+        batch = self.store.fetch(item_ids, prefix, suffix, self._fetched, deadline, wait=wait)
         if batch.failed and self.config.on_store_error == "fail":
             raise StoreUnavailable(
                 f"features of {batch.failed} of {len(item_ids)} items could not be fetched "

@@ -228,20 +228,18 @@ class VertexStore:
         (having counted nothing) when some item needs a call: the caller,
         the worker's loop thread, runs the request again on a thread.
         """
-        features = tuple(features)
-        if not wait:
-            found = None if self._cache is None else self._cache.lookup(features, item_ids, prefix, suffix, whole=True)
-            if found is None:
-                raise WouldWait(f"store {self.settings.name!r} must call {self.backend} for some items")
-            values, status = found
-            return FeatureBatch(tuple(values), int(np.count_nonzero(status == SERVED_MISSING)))
         now = time.monotonic()
         end = now + self._deadline if deadline is None else min(deadline, now + self._deadline)
+        features = tuple(features)
+        # Without waiting, the cache serves every item or the fetch is not done.
+        found = None if self._cache is None else self._cache.lookup(features, item_ids, prefix, suffix, whole=not wait)
+        if found is None and not wait:
+            raise WouldWait(f"store {self.settings.name!r} must call {self.backend} for some items")
         if self._cache is None:
             entity_ids = [prefix + item_id + suffix for item_id in item_ids] if prefix or suffix else list(item_ids)
             outcomes = self._guarded_fetch(list(dict.fromkeys(entity_ids)), features, end)
             return self._batch(entity_ids, outcomes, len(features))
-        values, status = self._cache.lookup(features, item_ids, prefix, suffix)
+        values, status = found
         missing = int(np.count_nonzero(status == SERVED_MISSING))
         unserved = np.flatnonzero(status == NOT_SERVED).tolist()
         if not unserved:
