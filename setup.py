@@ -108,6 +108,7 @@ def build_extensions():
         extension("mab.stores._csv"),
         extension("mab.stores._table"),
         extension("mab.stores._cache"),
+        extension("mab.stores._vertex._answers"),
         extension("mab.feedback._overlay"),
         extension("mab.feedback._window"),
         # Position propensities for offline evaluation: decisions in parallel.

@@ -16,10 +16,11 @@ others is only slow, and the fetch asks again for its keys on it, so that
 one slow answer does not make every request in flight start over.
 """
 
-import itertools
 import queue
 import threading
 import time
+
+from mab.stores._vertex._answers import Fetch, deliver, register
 
 # What ends the request iterator that gRPC's consumer thread reads.
 _END = object()
@@ -32,18 +33,6 @@ class StreamEnded(Exception):
     def __init__(self, message, transient=True):
         super().__init__(message)
         self.transient = transient
-
-
-class _Fetch:
-    """One request's keys, waiting on the shared stream."""
-
-    __slots__ = ("features", "outcomes", "left", "done")
-
-    def __init__(self, n_keys, features):
-        self.features = features
-        self.outcomes = {}
-        self.left = n_keys
-        self.done = threading.Event()
 
 
 class SharedStream:
@@ -60,9 +49,9 @@ class SharedStream:
 
     A whole message is decoded in one pass, outside the lock, before its
     keys are handed out: hundreds of entries arrive per request, and a
-    Python call per entry costs as much as reading it. When every key of a
-    message was awaited by one fetch alone (the usual case), the handout is
-    a few C-level calls rather than a loop over the keys.
+    Python call per entry costs as much as reading it. Registering a
+    fetch's keys and handing out a message's answers are compiled loops
+    (``_answers``), the same whether one fetch or several await a key.
     """
 
     def __init__(self, open_call, read_answer, decode, failed, as_error, rpc_error, name):
@@ -72,7 +61,7 @@ class SharedStream:
         self._as_error = as_error
         self._rpc_error = rpc_error
         self._outgoing = queue.SimpleQueue()
-        self._waiting = {}            # key -> the _Fetch waiting for it, or a list of them
+        self._waiting = {}            # key -> the Fetch waiting for it, or a list of them
         self._lock = threading.Lock()
         self.error = None             # why the stream ended; None while it serves
         self.answered_at = time.monotonic()   # when the last answer arrived
@@ -87,19 +76,12 @@ class SharedStream:
         the outcome of each key answered, and why the others were not (the
         stream's error) or None. A fetch that times out ends the stream: a
         stream that answers nobody in time is taken for hung."""
-        fetch = _Fetch(len(keys), features)
+        fetch = Fetch(len(keys), features)
         self._features = features
         with self._lock:
             if self.error is not None:
                 return {}, self.error
-            waiting = self._waiting
-            # Usually no other fetch waits for these keys: then one C-level
-            # update registers them all (a key's value is the fetch waiting
-            # for it, or a list of them when several do).
-            earlier = {key: waiting[key] for key in waiting.keys() & keys}
-            waiting.update(dict.fromkeys(keys, fetch))
-            for key, waiters in earlier.items():
-                waiting[key] = (waiters if type(waiters) is list else [waiters]) + [fetch]
+            register(self._waiting, keys, fetch)
         sent_at = time.monotonic()
         for message in messages:
             self._outgoing.put(message)
@@ -128,29 +110,7 @@ class SharedStream:
             keys = keys + failed_keys
             outcomes = outcomes + [self._failed] * len(failed_keys)
             entries = entries + [None] * len(failed_keys)
-        waiters = list(map(self._waiting.pop, keys, itertools.repeat(None)))
-        if not waiters:
-            return
-        fetch = waiters[0]
-        # Usually one fetch, with these features, waited for every key here,
-        # each once: its outcomes are these.
-        if type(fetch) is _Fetch and fetch.features is features and waiters.count(fetch) == len(waiters):
-            fetch.outcomes.update(zip(keys, outcomes))
-            fetch.left -= len(keys)
-            if not fetch.left:
-                fetch.done.set()
-            return
-        for key, outcome, entry, waiting in zip(keys, outcomes, entries, waiters):
-            if waiting is None:
-                continue   # answered already (another fetch asked for it too, or it came twice), or given up
-            for fetch in waiting if type(waiting) is list else (waiting,):
-                if fetch.features is features or entry is None:
-                    fetch.outcomes[key] = outcome
-                else:
-                    fetch.outcomes[key] = self._decode(key, fetch.features, entry)
-                fetch.left -= 1
-                if not fetch.left:
-                    fetch.done.set()
+        deliver(self._waiting, keys, outcomes, entries, features, self._decode)
 
     def _read(self):
         try:
