@@ -183,17 +183,15 @@ class Store(VertexStore):
                 break
             calls += 1
             error = self._stream_attempt(pending, features, outcomes, time.monotonic() + min(self._attempt_timeout, remaining))
+            if error is None:   # every key answered
+                pending = ()
+                break
             pending = [entity_id for entity_id in pending if entity_id not in outcomes]
-            if error is not None:
-                errors.append(str(error))
+            errors.append(str(error))
             if not pending:
                 break
-            transient = error is not None and (
-                getattr(error, "grpc_status_code", None) in self._transient_codes or getattr(error, "transient", False)
-            )
+            transient = getattr(error, "grpc_status_code", None) in self._transient_codes or getattr(error, "transient", False)
             if not transient or delays is None:
-                if error is None:
-                    errors.append("the stream ended without answering some keys")
                 break
             self._count_retry(error)
             pause = min(next(delays), end - time.monotonic() - MIN_ATTEMPT_SECONDS)
@@ -224,16 +222,20 @@ class Store(VertexStore):
         messages = []
         for i in range(0, len(entity_ids), size):
             message = raw(feature_view=feature_view, data_format=data_format)
-            add = message.data_keys.add   # a third of the cost of building FeatureViewDataKey messages to pass in
+            # add() then a field set: a fifth less than add(key=key), which
+            # passes a keyword, and a third of building FeatureViewDataKey
+            # messages to pass in.
+            add = message.data_keys.add
             for key in entity_ids[i : i + size]:
-                add(key=key)
+                add().key = key
             messages.append(wrap(message))
         return messages
 
     def _stream_attempt(self, entity_ids, features, outcomes, attempt_end):
         """One attempt at ``entity_ids`` on the worker's shared stream:
         records an outcome per key answered in ``outcomes``; returns the
-        error that ended the stream before every key was answered, or None."""
+        error that ended the stream before every key was answered, or None
+        when every key was."""
         answered, error = self._shared_stream().fetch(
             entity_ids, features, self._requests(entity_ids, features), max(0.0, attempt_end - time.monotonic())
         )

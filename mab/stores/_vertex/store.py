@@ -46,6 +46,7 @@ never used as if they were new.
 
 import concurrent.futures
 import functools
+import itertools
 import logging
 import math
 import threading
@@ -332,8 +333,7 @@ class VertexStore:
             self._attempt(chunk, pending, features, time.monotonic() + min(self._attempt_timeout, remaining))
 
     def _batch(self, entity_ids, outcomes, n_features):
-        get = outcomes.get
-        rows = [get(entity_id, FAILED) for entity_id in entity_ids]
+        rows = list(map(outcomes.get, entity_ids, itertools.repeat(FAILED)))
         # list.count compares by identity first: C loops, not Python ones.
         missing, failed = rows.count(MISSING), rows.count(FAILED)
         failed_mask = None
