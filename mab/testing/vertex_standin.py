@@ -41,7 +41,8 @@ response message, 1 is the worst case) and ``shuffle`` (answer the keys out
 of order). In a streaming fetch the fault knobs act on each request
 message (``fail_next`` counts messages, and aborts the stream). Every call is recorded in ``calls`` with the
 number of entity ids it carried (a streaming fetch: one record per request
-message, as ``StreamingFetchFeatureValues``); ``streams`` counts the
+message, as ``StreamingFetchFeatureValues``), unless ``record_calls`` is
+off, as it is for the command; ``streams`` counts the
 streaming fetch calls opened; ``max_in_flight`` is the most calls served at
 once.
 
@@ -63,6 +64,7 @@ import argparse
 import asyncio
 import contextlib
 import csv
+import gc
 import json
 import os
 import random
@@ -162,7 +164,14 @@ def toml_table(name, settings):
 
 
 class VertexStandIn:
-    """Both online-serving services over one table of features."""
+    """Both online-serving services over one table of features.
+
+    ``record_calls``: keep every call's method and ids in ``calls`` (tests
+    read them). The command (``run``) turns it off: a stand-in serving a
+    benchmark gets thousands of calls a second, and the list would grow
+    without bound, and with it the pauses of Python's garbage collector,
+    which the client would see as the service's latency.
+    """
 
     def __init__(
         self,
@@ -182,6 +191,7 @@ class VertexStandIn:
         keys_per_message=0,
         shuffle=False,
         seed=None,
+        record_calls=True,
     ):
         # The embedded store's updated_at column is served as what Vertex has
         # instead: every value's metadata.generate_time.
@@ -214,6 +224,7 @@ class VertexStandIn:
         self._random = random.Random(seed)
         self.streams = 0
         self.calls = []
+        self.record_calls = record_calls
         self._arrivals = 0   # calls begun, ever: quiesce() watches it
         self.in_flight = 0
         self.max_in_flight = 0
@@ -325,7 +336,8 @@ class VertexStandIn:
     def _tracking(self, method, ids, context):
         with self._lock:
             self._arrivals += 1
-            self.calls.append(Call(method, ids))
+            if self.record_calls:
+                self.calls.append(Call(method, ids))
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
@@ -638,10 +650,15 @@ def run(args, parser):
         standin = VertexStandIn.from_csv(
             args.data, latency=args.latency_ms / 1000, fail_next=args.fail_first, hang=args.hang,
             max_ids=MAX_IDS if args.max_ids is None else args.max_ids,
-            keys_per_message=args.keys_per_message, shuffle=args.shuffle,
+            keys_per_message=args.keys_per_message, shuffle=args.shuffle, record_calls=False,
         )
     except (OSError, StopIteration) as exc:
         parser.exit(2, f"vertex stand-in: cannot read {args.data}: {getattr(exc, 'strerror', None) or 'empty file'}\n")
+    # The table stays as loaded: out of the garbage collector's walks, whose
+    # pauses over 100,000 items' rows (tens of ms) the client would see as
+    # the service's latency.
+    gc.collect()
+    gc.freeze()
 
     def announce(standin):
         print(

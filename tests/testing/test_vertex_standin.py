@@ -135,6 +135,17 @@ def test_at_most_100_ids_per_call(fresh, legacy_client):
     assert fresh.ids_per_call() == [101, 100]
 
 
+def test_without_recording_calls_it_serves_and_keeps_nothing(fresh, legacy_client):
+    # The command serves benchmarks this way: a record per call would grow
+    # without bound.
+    fresh.record_calls = False
+    try:
+        assert len(streaming_read(legacy_client, fresh, ["item-1", "item-2"])) == 3
+    finally:
+        fresh.record_calls = True
+    assert fresh.calls == [] and fresh.in_flight == 0
+
+
 def test_rejects_what_the_service_rejects(fresh, legacy_client):
     with pytest.raises(exceptions.NotFound, match="does not exist"):
         streaming_read(legacy_client, fresh, ["item-1"], entity_type=fresh.entity_type_name + "x")
