@@ -401,3 +401,30 @@ def test_metrics_can_be_turned_off(tmp_path, data_csv):
         assert server.request("GET", "/metrics")[0] == 404
     finally:
         assert server.stop() == 0
+
+
+def test_a_ready_worker_freezes_what_it_loaded(tmp_path):
+    # post_worker_init moves the loaded worker's objects out of the garbage
+    # collector's reach (gc.freeze); run in a fresh interpreter, as a worker.
+    script = """
+import gc, json, runpy
+from importlib.util import find_spec
+
+hooks = runpy.run_path(find_spec("mab.gunicorn_conf").origin)
+
+class Log:
+    def info(self, *args): pass
+    def warning(self, *args): pass
+
+class Worker:
+    wsgi, timeout, age, log = object(), 30, 1, Log()
+
+before = gc.get_freeze_count()
+hooks["post_worker_init"](Worker())
+print(json.dumps([before, gc.get_freeze_count()]))
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                         cwd=tmp_path, env=dict(os.environ, MAB_CACHE_DIR=str(tmp_path)))
+    assert run.returncode == 0, run.stderr
+    before, after = orjson.loads(run.stdout.splitlines()[-1])
+    assert before == 0 and after > 1000
