@@ -23,6 +23,13 @@ endpoint given with --endpoint. Then, for each way of fetching, it makes
 The stand-in it starts answers each streaming request message in
 --keys-per-message keys per message (0: one message per request message).
 
+Then --threads request threads fetch --stream-ids random ids each (drawn
+from the stand-in's data) through mab's ``vertex`` store at once, as a
+worker's request threads do under load, and the CPU of each kind of thread
+is read from ``/proc/self/task``: the request threads, the shared stream's
+reader, gRPC's Python threads (channel spin, request consumer) and gRPC
+core's own threads.
+
 Finally cProfile, timing CPU of the calling thread, shows the top functions
 of a streaming read and of a batch of futures. It sees only that thread:
 gRPC's channel thread, which also handles every message, is the difference
@@ -39,9 +46,11 @@ the other core (--endpoint).
 
 import argparse
 import cProfile
+import csv
 import os
 import pstats
 import queue
+import random
 import selectors
 import subprocess
 import sys
@@ -101,6 +110,91 @@ def start_standin(data, keys_per_message=0):
     return process, tomllib.loads(printed.decode())["stores"]["default"]
 
 
+def data_ids(path):
+    """The ids (first column) of a CSV of items."""
+    with open(path, newline="") as f:
+        rows = csv.reader(f)
+        next(rows)
+        return [row[0] for row in rows if row]
+
+
+def thread_cpu():
+    """{thread id: (name, CPU seconds, context switches)} of this process's
+    threads, from /proc/self/task (utime + stime; voluntary and involuntary
+    switches). Python threads are named by ``threading``, others by their
+    kernel name (gRPC core names its own). The kernel counts CPU in clock
+    ticks (10 ms here), charged to whichever thread runs at the tick: sums
+    over thousands of fetches are fair, a thread's few ms are not."""
+    names = {thread.native_id: thread.name for thread in threading.enumerate()}
+    tick = os.sysconf("SC_CLK_TCK")
+    threads = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                comm = f.read().strip()
+            with open(f"/proc/self/task/{tid}/status") as f:
+                switches = sum(int(line.split()[1]) for line in f if "ctxt_switches" in line)
+        except FileNotFoundError:
+            continue   # the thread ended meanwhile
+        threads[int(tid)] = (names.get(int(tid), comm), (int(fields[11]) + int(fields[12])) / tick, switches)
+    return threads
+
+
+def by_thread(store, universe, n_keys, threads, calls):
+    """``threads`` request threads make ``calls`` fetches in all, of
+    ``n_keys`` random ids of ``universe`` each, through ``store``; returns
+    rows (kind of thread, CPU us per fetch, context switches per fetch) and
+    the process's CPU us per fetch. The request threads are held until all
+    are counted, so that their CPU is read before they end."""
+    rng = random.Random(1)
+    samples = [rng.sample(universe, n_keys) for _ in range(64)]
+    per_thread = calls // threads
+    counted, release = threading.Barrier(threads + 1), threading.Event()
+
+    def request_thread():
+        for i in range(per_thread):
+            batch = store.fetch(samples[i % len(samples)], "", "", FEATURES)
+            assert batch.failed == 0, store.describe()["fetches"]["last_error"]
+        counted.wait()
+        release.wait()
+
+    for sample in samples[:8]:
+        store.fetch(sample, "", "", FEATURES)   # warm: the stream, first-use costs
+    before, cpu = thread_cpu(), time.process_time()
+    workers = [threading.Thread(target=request_thread, name=f"profile-request-{i}") for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    counted.wait()
+    cpu, after = time.process_time() - cpu, thread_cpu()
+    release.set()
+    for worker in workers:
+        worker.join()
+    fetches = per_thread * threads
+    kinds = {}
+    for tid, (name, seconds, switches) in after.items():
+        _, seconds_before, switches_before = before.get(tid, (name, 0.0, 0))
+        if name.startswith("profile-request-"):
+            kind = "request threads (mab: requests, registration, batch)"
+        elif name.startswith("mab-stream-"):
+            kind = "the shared stream's reader (mab: decode, handout)"
+        elif tid in names_of_python_threads(after):
+            kind = "gRPC's Python threads (channel spin, request consumer)" if name != "MainThread" else "main thread"
+        else:
+            kind = "gRPC core's threads (C)"
+        total = kinds.setdefault(kind, [0.0, 0])
+        total[0] += seconds - seconds_before
+        total[1] += switches - switches_before
+    rows = sorted(((kind, s / fetches * 1e6, n / fetches) for kind, (s, n) in kinds.items()), key=lambda row: -row[1])
+    return rows, cpu / fetches * 1e6
+
+
+def names_of_python_threads(threads):
+    python = {thread.native_id for thread in threading.enumerate()}
+    return {tid for tid in threads if tid in python}
+
+
 def measure(name, calls, entities_per_call, fn):
     fn()   # warm: connection, first-use costs
     wall, cpu = time.perf_counter(), time.process_time()
@@ -147,6 +241,8 @@ def main():
     parser.add_argument("--keys-per-message", type=int, default=0,
                         help="the stand-in's keys per streamed answer (default 0: one per request message)")
     parser.add_argument("--calls", type=int, default=20, help="calls per measurement")
+    parser.add_argument("--threads", type=int, default=16,
+                        help="request threads fetching at once for the CPU by thread (default 16)")
     parser.add_argument("--top", type=int, default=12, help="functions shown per profile")
     parser.add_argument("--project", default="local")
     parser.add_argument("--location", default="us-central1")
@@ -168,7 +264,7 @@ def main():
                 write_items(data, 1000)
             standin, settings = start_standin(data, args.keys_per_message)
             endpoint = settings["api_endpoint"]
-        run(args, endpoint)
+        run(args, endpoint, data_ids(args.data or data) if not args.endpoint or args.data else None)
     finally:
         if standin is not None:
             terminate(standin)
@@ -221,7 +317,7 @@ class SharedStream:
         self.reader.join(5)
 
 
-def run(args, endpoint):
+def run(args, endpoint, universe):
     base = f"projects/{args.project}/locations/{args.location}"
     entity_type = f"{base}/featurestores/{args.featurestore}/entityTypes/{args.entity_type}"
     feature_view = f"{base}/featureOnlineStores/{args.feature_online_store}/featureViews/{args.feature_view}"
@@ -324,6 +420,17 @@ def run(args, endpoint):
     print(f"{'what':<46} {'calls':>6} {'wall ms/call':>13} {'CPU ms/call':>12} {'CPU us/entity':>14}")
     for name, calls, wall, cpu, per_entity in rows:
         print(f"{name:<46} {calls:6d} {wall:13.2f} {cpu:12.2f} {per_entity:14.1f}")
+
+    if universe is not None and len(universe) >= args.stream_ids:
+        rows, process = by_thread(stores["vertex"], universe, args.stream_ids, args.threads, args.calls * 160)
+        print(f"\nwhere the CPU goes: mab vertex store (streaming), {args.threads} request threads fetching "
+              f"{args.stream_ids} random ids of {len(universe):,} each, per fetch (/proc/self/task)")
+        print(f"  {'threads':<56} {'CPU us':>7} {'switches':>9}")
+        for kind, microseconds, switches in rows:
+            print(f"  {kind:<56} {microseconds:7.0f} {switches:9.1f}")
+        print(f"  {'the process (time.process_time)':<56} {process:7.0f}")
+    else:
+        print("\n(CPU by thread: needs --data, or the generated data, with at least --stream-ids ids)")
 
     repeat = max(1, min(args.calls, 10))
     print(f"\nwhere the time goes: streaming_read_feature_values, {n} ids (cProfile, calling thread)")
