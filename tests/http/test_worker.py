@@ -281,9 +281,11 @@ def test_connections_waiting_to_be_accepted_are_served_when_the_server_stops(tmp
         status, headers, _ = client.response()
         assert status == 200
         if headers.get("connection") != "close":
-            # Answered before the worker ran its TERM handler (the signal was
-            # pending while it was stopped): the connection was kept, and the
-            # next request on it is answered with Connection: close.
+            # Answered before the worker had its TERM (the master logs the
+            # signal before it sends TERM on to the workers): the connection
+            # was kept, and once the worker drains, the next request on it is
+            # answered with Connection: close.
+            wait_for(lambda: "draining" in server.output(), what="the drain in the log")
             client.send(post())
             status, headers, _ = client.response()
             assert status == 200 and headers["connection"] == "close"
