@@ -92,3 +92,25 @@ class StandInProcess:
         self.process.stdout.close()
         self.log.close()
         return self.process.returncode
+
+
+def struct_entry(key, **values):
+    """A raw FetchFeatureValuesResponse in PROTO_STRUCT format; a value of
+    None is a null, a str a string, a bool a bool, a number a number (a
+    feature not named has no field)."""
+    from google.cloud.aiplatform_v1beta1.types import feature_online_store_service as types
+
+    entry = types.FetchFeatureValuesResponse.pb()()
+    entry.data_key.key = key
+    entry.proto_struct.SetInParent()
+    fields = entry.proto_struct.fields
+    for name, value in values.items():
+        if value is None:
+            fields[name].null_value = 0
+        elif isinstance(value, bool):
+            fields[name].bool_value = value
+        elif isinstance(value, str):
+            fields[name].string_value = value
+        else:
+            fields[name].number_value = value
+    return entry

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mab.stores._vertex._answers import Fetch, deliver, register, struct_counts
+from tests.vertex import struct_entry
 
 FEATURES = ("successes", "failures")
 OTHER_FEATURES = ("successes", "failures", "extra")
@@ -94,28 +95,6 @@ def test_lists_of_other_lengths_are_refused():
         deliver({}, ["a", "b"], [1], [None, None], FEATURES, decode_again)
 
 
-def struct_entry(key, values):
-    """A raw FetchFeatureValuesResponse in PROTO_STRUCT format; a value of
-    None is a null, a str a string, a bool a bool, a number a number, and
-    an absent name no field."""
-    from google.cloud.aiplatform_v1beta1.types import feature_online_store_service as types
-
-    entry = types.FetchFeatureValuesResponse.pb()()
-    entry.data_key.key = key
-    entry.proto_struct.SetInParent()
-    for name, value in values.items():
-        field = entry.proto_struct.fields[name]
-        if value is None:
-            field.null_value = 0
-        elif isinstance(value, bool):
-            field.bool_value = value
-        elif isinstance(value, str):
-            field.string_value = value
-        else:
-            field.number_value = value
-    return entry
-
-
 def plainly_counts(values):
     """The reference: both features numbers, finite and >= 0."""
     pair = []
@@ -141,7 +120,7 @@ def test_struct_counts_reads_plain_counts_and_leaves_the_rest_to_the_careful_pat
         values = {name: value for name, value in zip(FEATURES, (successes, failures)) if value != "absent"}
         if extra:
             values["other"] = "x"
-        entries.append(struct_entry(f"id-{i}", values))
+        entries.append(struct_entry(f"id-{i}", **values))
         expected.append(plainly_counts(values))
     keys, outcomes, listed, careful = struct_counts(iter(entries), *FEATURES)
     assert keys == [f"id-{i}" for i in range(len(rows))]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from tests.stores.conftest import RELAXED, numbered, timed
-from tests.vertex import FEATURES
+from tests.vertex import FEATURES, struct_entry
 
 
 def assert_parity(batch, want):
@@ -181,27 +181,6 @@ def test_closing_the_store_ends_its_stream(standin, stores):
     assert stream.error is not None and not stream._reader.is_alive()
 
 
-def _struct_entry(key, **values):
-    """A raw FetchFeatureValuesResponse in PROTO_STRUCT format; a value of
-    None is a null, a str a string, a bool a bool, a number a number."""
-    from google.cloud.aiplatform_v1beta1.types import feature_online_store_service as types
-
-    entry = types.FetchFeatureValuesResponse.pb()()
-    entry.data_key.key = key
-    entry.proto_struct.SetInParent()
-    fields = entry.proto_struct.fields
-    for name, value in values.items():
-        if value is None:
-            fields[name].null_value = 0
-        elif isinstance(value, bool):
-            fields[name].bool_value = value
-        elif isinstance(value, str):
-            fields[name].string_value = value
-        else:
-            fields[name].number_value = value
-    return entry
-
-
 @pytest.mark.parametrize(
     "values, outcome",
     [
@@ -225,7 +204,7 @@ def test_struct_answers_decode_by_name_and_refuse_what_is_not_a_count(standin, s
     from mab.stores._vertex import FAILED, MISSING
 
     store = stores(standin, "vertex", **RELAXED)
-    got = store._entry_outcome("k", FEATURES, _struct_entry("k", **values))
+    got = store._entry_outcome("k", FEATURES, struct_entry("k", **values))
     want = {"missing": MISSING, "failed": FAILED}.get(outcome, outcome)
     assert got == want if isinstance(want, tuple) else got is want
 
@@ -250,5 +229,5 @@ def test_answers_in_either_format_decode_for_the_features_asked(standin, stores)
         pair.value.metadata.generate_time.seconds = 1_700_000_000
     assert store._entry_outcome("k", FEATURES, entry) == (3.0, 4.0)
     assert store._entry_outcome("k", FEATURES + (GENERATE_TIME,), entry) == (3, 4, 1_700_000_000.0)
-    struct = _struct_entry("k", successes=3, failures=4)
+    struct = struct_entry("k", successes=3, failures=4)
     assert store._entry_outcome("k", FEATURES + (GENERATE_TIME,), struct) is FAILED
