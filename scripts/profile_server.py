@@ -43,7 +43,7 @@ from bench import (  # noqa: E402
 STAGES = [
     ("remote features: cache lookup (compiled)", lambda f: any(x.startswith(("FeatureCache.lookup", "EntityCache")) for x in f)),
     ("remote features: cache refresher (background)", lambda f: any(x.startswith("FeatureCache._refresh") for x in f)),
-    ("remote features: decoding answers", lambda f: any(x.startswith(("Store._read_answer", "Store._entry_outcome", "Store._key_counts", "Store._counts")) for x in f)),
+    ("remote features: decoding answers", lambda f: any(x.startswith(("Store._read_answer", "FeatureViewAnswers.", "Store._counts", "VertexStore._counts")) for x in f)),
     ("remote features: shared stream, receiving (reader thread)", lambda f: any(x.startswith("SharedStream._read") for x in f)),
     ("remote features: building request messages", lambda f: any(x.startswith("Store._requests") for x in f)),
     ("remote features: sending (gRPC's request thread)", lambda f: any("_consume_request_iterator" in x for x in f)),

@@ -53,7 +53,7 @@ missing, which /ready shows in ``fetches.missing``.
 Streaming reads ask for PROTO_STRUCT answers and per-key reads for
 KEY_VALUE ones. A struct is read by feature name, at about half the upb
 field accesses of KEY_VALUE's list of pairs, and the hundreds of entries of
-a streaming read make that count (``Store._decode_entries``); its numbers
+a streaming read make that count (``mab.stores._vertex.answers``); its numbers
 are doubles, as the store's columns are. A model with a half-life needs
 each value's ``generate_time``, which only KEY_VALUE carries: its streaming
 reads ask for KEY_VALUE. Both decode the raw protobuf messages
@@ -72,18 +72,16 @@ the source of truth for the wire format.
     # api_endpoint = "<id>.us-central1-<project number>.featurestore.vertexai.goog"
 """
 
-import math
 import time
 from dataclasses import dataclass
 
 from mab.errors import ConfigError
 from mab.stores._vertex import FAILED, MIN_ATTEMPT_SECONDS, MISSING, VertexSettings, VertexStore, timeout_until
-from mab.stores._vertex._answers import struct_counts
+from mab.stores._vertex.answers import FeatureViewAnswers
 from mab.stores._vertex.store import GENERATE_TIME
 from mab.stores._vertex.shared_stream import SharedStream
 
 READ_APIS = ("streaming", "fetch")
-INFINITY = math.inf
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -110,7 +108,7 @@ class Settings(VertexSettings):
         return {"read_api": read_api}
 
 
-class Store(VertexStore):
+class Store(FeatureViewAnswers, VertexStore):
     backend = "vertex"
 
     def __init__(self, settings, *, cache_dir=None, **kwargs):
@@ -281,145 +279,6 @@ class Store(VertexStore):
             self._warn("the feature view answered %d keys with errors; they count as failed", len(failed_keys))
         return (*self._decode_entries(message.data, features), failed_keys)
 
-    def _entry_outcome(self, key, features, entry):
-        """Counts, MISSING or FAILED from one raw FetchFeatureValuesResponse of a stream."""
-        return self._decode_entries((entry,), features)[1][0]
-
-    def _decode_entries(self, entries, features):
-        """``(keys, outcomes, entries)``, three lists in the order of
-        ``entries``, raw FetchFeatureValuesResponse messages of a stream
-        read in PROTO_STRUCT format (``_requests`` asks for it, unless
-        ``features`` asks for GENERATE_TIME); an outcome is a tuple of
-        counts, MISSING or FAILED. Lists side by side, not a tuple per
-        entry, so that the stream hands a message's answers to the fetch
-        waiting for them in a few C-level calls.
-
-        Why PROTO_STRUCT here: a upb field access costs ~0.1-0.3 us (every
-        submessage read makes a wrapper object), and a struct's map is read
-        by feature name, where KEY_VALUE's list of pairs must be walked and
-        every pair's name read: 0.8 against 1.5 us per entry of bare access
-        (``scripts/profile_vertex_client.py``). A struct's numbers are
-        doubles, which is what the store's columns hold anyway, and a value
-        of another kind (a string, a bool) is still told apart and refused.
-
-        The common case in one loop, with no call per entry (for two
-        features, the compiled ``_answers.struct_counts``): a positive
-        ``number_value`` can only be a number (``kind`` is a oneof, and any
-        other kind reads as 0.0), so only a zero needs ``WhichOneof``;
-        anything else (absent or null values, other kinds, NaN or infinite
-        numbers) takes the careful path, ``_struct_counts``.
-        """
-        if len(features) == 2 and GENERATE_TIME not in features:
-            # A Beta model's two counts, in one compiled loop.
-            keys, outcomes, entries, careful = struct_counts(entries, *features)
-            for i in careful:
-                outcomes[i] = self._struct_counts(keys[i], features, entries[i])   # missing, or something to say
-            return keys, outcomes, entries
-        entries = list(entries)
-        keys = [entry.data_key.key for entry in entries]
-        if GENERATE_TIME in features:
-            # Decay needs each count's generate_time, which only KEY_VALUE
-            # answers carry (a struct's values have no metadata): _requests
-            # asked for KEY_VALUE.
-            return keys, [self._key_value_outcome(key, features, entry) for key, entry in zip(keys, entries)], entries
-        outcomes = []
-        append = outcomes.append
-        for key, entry in zip(keys, entries):
-            get = entry.proto_struct.fields.get
-            counts = []
-            for name in features:
-                value = get(name)
-                if value is None:
-                    break
-                number = value.number_value
-                if not 0 < number < INFINITY and (number != 0 or value.WhichOneof("kind") != "number_value"):
-                    break
-                counts.append(number)
-            else:
-                append(tuple(counts))
-                continue
-            append(self._struct_counts(key, features, entry))   # missing, or something to say
-        return keys, outcomes, entries
-
-    def _struct_counts(self, entity_id, features, entry):
-        """Counts, MISSING or FAILED from a FetchFeatureValuesResponse in
-        PROTO_STRUCT format (or in KEY_VALUE format: another fetch of the
-        same key on the shared stream, for a model with a half-life, may
-        have asked for that)."""
-        answer_format = entry.WhichOneof("format")
-        if answer_format == "key_values":
-            return self._key_value_outcome(entity_id, features, entry)
-        if answer_format not in (None, "proto_struct"):
-            return self._invalid(entity_id, features[0], f"an answer in {answer_format} format, not proto_struct")
-        if GENERATE_TIME in features:
-            return self._invalid(entity_id, features[0], "an answer in proto_struct format, which has no "
-                                 "generate_time for the model's half_life_seconds")
-        fields = entry.proto_struct.fields
-        counts = []
-        for name in features:
-            value = fields.get(name)
-            if value is None and len(fields):
-                self._warn_unknown_feature(entity_id, name, list(fields))
-            kind = None if value is None else value.WhichOneof("kind")
-            if kind == "number_value":
-                number = value.number_value
-                if not (number >= 0 and math.isfinite(number)):
-                    return self._invalid(entity_id, name, f"{number!r}, not a count (finite and >= 0)")
-            elif kind in (None, "null_value"):
-                number = None
-            else:
-                return self._invalid(entity_id, name, f"a {kind.removesuffix('_value')} value")
-            counts.append(number)
-        return self._complete(entity_id, features, counts)
-
-    def _key_value_outcome(self, key, features, entry):
-        """Counts, MISSING or FAILED from one raw FetchFeatureValuesResponse
-        of a stream in KEY_VALUE format, with GENERATE_TIME (the oldest
-        ``generate_time`` of the counts) when ``features`` asks for it.
-
-        The common case inline (every feature a count): each field access of
-        a upb message costs ~0.1-0.2 us, and there are a few per feature of
-        each of hundreds of keys; anything else takes the careful path.
-        """
-        position = self._positions.get(features)
-        if position is None:
-            position = self._positions[features] = {
-                name: i for i, name in enumerate(features) if name != GENERATE_TIME
-            }
-        counts = [None] * len(features)
-        # With a half-life: the oldest generate_time of the counts.
-        timed = len(position) < len(features)
-        oldest = INFINITY
-        for pair in entry.key_values.features:
-            i = position.get(pair.name)
-            if i is None:
-                continue
-            value = pair.value
-            kind = value.WhichOneof("value")
-            if kind == "int64_value":
-                number = value.int64_value
-                if number < 0:
-                    break
-            elif kind == "double_value":
-                number = value.double_value
-                if not 0 <= number < INFINITY:   # NaN is not
-                    break
-            else:
-                break
-            counts[i] = number
-            if timed:
-                stamp = value.metadata.generate_time
-                seconds = stamp.seconds + stamp.nanos * 1e-9
-                if not seconds > 0:
-                    break
-                oldest = min(oldest, seconds)
-        else:
-            if timed:
-                counts[features.index(GENERATE_TIME)] = oldest
-            if None not in counts:
-                return tuple(counts)
-        return self._key_counts(key, features, entry)   # missing, or something to check and say
-
     # -- per-key reads (read_api = "fetch") ----------------------------------------------
 
     def _attempt(self, chunk, entity_ids, features, attempt_end):
@@ -462,30 +321,3 @@ class Store(VertexStore):
             chunk.outcomes[entity_id] = self._key_counts(entity_id, features, unwrap(response))
         if transient is not None:
             raise self._from_grpc_error(transient)
-
-    # -- values ------------------------------------------------------------------------
-
-    def _key_counts(self, entity_id, features, message):
-        """Counts, MISSING or FAILED from one raw FetchFeatureValuesResponse."""
-        answer_format = message.WhichOneof("format")
-        if answer_format not in (None, "key_values"):
-            return self._invalid(entity_id, features[0], f"an answer in {answer_format} format, not key_values")
-        pairs = {pair.name: pair for pair in message.key_values.features}
-        values = []
-        for name in features:
-            if name == GENERATE_TIME:
-                values.append(None)         # read from the counts' metadata by _counts
-                continue
-            pair = pairs.get(name)
-            if pair is None and pairs:
-                self._warn_unknown_feature(entity_id, name, list(pairs))
-            values.append(pair.value if pair is not None and pair.WhichOneof("data") == "value" else None)
-        return self._counts(entity_id, features, values)
-
-    def _warn_unknown_feature(self, entity_id, name, returned):
-        # Not a silent zero: the entity has no value for it, and a feature
-        # the view never has is a configuration error, so say so.
-        self._warn(
-            "the feature view returned no feature %r for key %r (it returned %s); is the model's feature name right?",
-            name, entity_id, ", ".join(map(repr, returned)),
-        )
