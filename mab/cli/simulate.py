@@ -43,7 +43,9 @@ def add_parser(subparsers):
     parser.add_argument("--top-k", type=int, default=5, help="positions shown (default 5)")
     parser.add_argument("--drift", type=float, default=0.0,
                         help="step of the click rates' random walk on the logit scale (default 0: static)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the world and the run (default 0)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the world, the clicks and every request's draws: "
+                             "a run is reproducible from it (default 0)")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers of the started service (default 2)")
     parser.add_argument("--url", help="use the service at this URL instead of starting one")
     parser.add_argument("--log-dir", help="with --url: the directory of that service's decision log")

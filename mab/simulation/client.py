@@ -61,12 +61,15 @@ class HttpService:
             raise ServiceError(f"{method} {path} answered {status}: {raw[:500].decode('utf-8', 'replace')}")
         return orjson.loads(raw)
 
-    def predict(self, item_ids, top_k, model, user_id=None):
-        """The /predict answer (a dict with ``decision_id``, ``item_ids``, ``scores``, ``seed``).
+    def predict(self, item_ids, top_k, model, user_id=None, seed=None):
+        """The /predict answer (a dict with ``decision_id``, ``item_ids``, ``scores``, ``seed``);
+        ``seed`` (an int in [0, 2**64)) fixes the service's draws, None lets it draw one.
         Raises ServiceError for an error answer or one without ``decision_id``."""
         document = {"item_ids": list(item_ids), "top_k": top_k, "model": model}
         if user_id is not None:
             document["user_id"] = user_id
+        if seed is not None:
+            document["seed"] = seed
         answer = self._json("POST", "/predict", document)
         if "decision_id" not in answer:
             raise ServiceError("the /predict answer has no decision_id: this server does not log decisions "

@@ -57,6 +57,9 @@ def run(service, env, settings, *, steps, rewards_path, candidates=None, seed=0,
     """
     rng = np.random.default_rng([seed, 2])
     click_rngs = {s.name: np.random.default_rng([seed, 3, i]) for i, s in enumerate(settings)}
+    # Each /predict carries its own seed (the service's draws are then a
+    # function of it and of the counts): a run is reproducible from ``seed``.
+    request_seeds = np.random.default_rng([seed, 4])
     regret = {s.name: np.zeros(steps) for s in settings}
     decision_steps = {}
     decisions = {s.name: 0 for s in settings}
@@ -72,7 +75,8 @@ def run(service, env, settings, *, steps, rewards_path, candidates=None, seed=0,
             best = env.best_reward(t, pool)
             events = []
             for setting in settings:
-                answer = service.predict(item_ids, env.top_k, setting.name, USER)
+                answer = service.predict(item_ids, env.top_k, setting.name, USER,
+                                         seed=int(request_seeds.integers(0, 2**63)))
                 shown = [env.index[item] for item in answer["item_ids"]]
                 clicks = env.clicks(shown, t, click_rngs[setting.name])
                 regret[setting.name][t] = best - env.expected_reward(shown, t)

@@ -34,12 +34,13 @@ class FakeService:
         # Seeds and decision ids from one generator: a run is reproducible.
         self.rng = np.random.default_rng([seed, 99])
 
-    def predict(self, item_ids, top_k, model, user_id=None):
+    def predict(self, item_ids, top_k, model, user_id=None, seed=None):
         setting = self.settings[model]
         rows = np.array([self.index[i] for i in item_ids])
         alpha = setting.prior_alpha + self.successes[model][rows]
         beta = setting.prior_beta + self.failures[model][rows]
-        seed = int(self.rng.integers(0, 2**63))
+        if seed is None:
+            seed = int(self.rng.integers(0, 2**63))
         scores = sample_beta(alpha, beta, seed=seed)
         order = rank(scores, top_k, seed)
         decision_id = self.rng.bytes(16).hex()

@@ -52,7 +52,10 @@ def test_in_process_simulation(tmp_path):
     service.close()
     assert result.events == STEPS * len(SETTINGS) * 3
     assert len(result.decision_steps) == STEPS * len(SETTINGS)
-    checks = check_estimates(str(tmp_path / "log"), result, env, truth_draws=1000, seed=1)
+    # Twelve interval checks (three settings, IPS and SNIPS, per decision
+    # and top-1): at 95% each, a correct evaluator would fail about half of
+    # all seeds; at 99.9%, about 1%.
+    checks = check_estimates(str(tmp_path / "log"), result, env, truth_draws=1000, seed=1, confidence=0.999)
     by_setting = check_run(result, checks)
     # The logging setting evaluated on its own log is its empirical mean.
     ts = by_setting["ts"]
@@ -96,8 +99,25 @@ def test_real_service_simulation(tmp_path):
         service.close()
     files = [f for f in os.listdir(server.log_dir) if f.endswith(".parquet")]
     assert files, f"no decision log in {server.log_dir}:\n{server.output()}"
-    # The service seeds its own draws: a 99.9% interval keeps a correct
-    # evaluator's chance of failing this run by chance near 0.1% per check.
+    # The run's seed fixes every request's draws (and so this run), but not
+    # the evaluator's Monte Carlo of the truth: a 99.9% interval keeps a
+    # correct evaluator's chance of failing by chance near 0.1% per check.
     checks = check_estimates(server.log_dir, result, env, truth_draws=1000, seed=1, confidence=0.999)
     check_run(result, checks)
     assert all(c["decisions"] == STEPS for c in checks)
+
+
+def test_real_service_runs_are_reproducible_from_the_seed(tmp_path):
+    # Every /predict carries a seed drawn from the run's seed, and feedback
+    # is applied before it is acknowledged: two runs against fresh services
+    # (two workers each) show the same items at every step.
+    env = ClickEnvironment(20, 3, seed=3)
+    regrets = []
+    for attempt in range(2):
+        with ServedService(tmp_path / f"service{attempt}", SETTINGS[:1], env.item_ids, workers=2) as server:
+            service = HttpService(server.url)
+            result = run(service, env, SETTINGS[:1], steps=200, rewards_path=str(tmp_path / f"r{attempt}.jsonl"),
+                         seed=3)
+            service.close()
+        regrets.append(result.regret["ts"])
+    assert regrets[0].tolist() == regrets[1].tolist()
