@@ -119,10 +119,10 @@ def data_ids(path):
 
 
 def thread_cpu():
-    """{thread id: (name, CPU seconds, context switches)} of this process's
-    threads, from /proc/self/task (utime + stime; voluntary and involuntary
-    switches). Python threads are named by ``threading``, others by their
-    kernel name (gRPC core names its own). The kernel counts CPU in clock
+    """{thread id: (name, whether Python runs it, CPU seconds, context
+    switches)} of this process's threads, from /proc/self/task (utime +
+    stime; voluntary and involuntary switches). Python threads are named by
+    ``threading``, others by their kernel name (gRPC core names its own). The kernel counts CPU in clock
     ticks (10 ms here), charged to whichever thread runs at the tick: sums
     over thousands of fetches are fair, a thread's few ms are not."""
     names = {thread.native_id: thread.name for thread in threading.enumerate()}
@@ -138,7 +138,9 @@ def thread_cpu():
                 switches = sum(int(line.split()[1]) for line in f if "ctxt_switches" in line)
         except FileNotFoundError:
             continue   # the thread ended meanwhile
-        threads[int(tid)] = (names.get(int(tid), comm), (int(fields[11]) + int(fields[12])) / tick, switches)
+        python = int(tid) in names
+        threads[int(tid)] = (names[int(tid)] if python else comm, python,
+                             (int(fields[11]) + int(fields[12])) / tick, switches)
     return threads
 
 
@@ -173,13 +175,13 @@ def by_thread(store, universe, n_keys, threads, calls):
         worker.join()
     fetches = per_thread * threads
     kinds = {}
-    for tid, (name, seconds, switches) in after.items():
-        _, seconds_before, switches_before = before.get(tid, (name, 0.0, 0))
+    for tid, (name, python, seconds, switches) in after.items():
+        _, _, seconds_before, switches_before = before.get(tid, (name, python, 0.0, 0))
         if name.startswith("profile-request-"):
             kind = "request threads (mab: requests, registration, batch)"
         elif name.startswith("mab-stream-"):
             kind = "the shared stream's reader (mab: decode, handout)"
-        elif tid in names_of_python_threads(after):
+        elif python:
             kind = "gRPC's Python threads (channel spin, request consumer)" if name != "MainThread" else "main thread"
         else:
             kind = "gRPC core's threads (C)"
@@ -188,11 +190,6 @@ def by_thread(store, universe, n_keys, threads, calls):
         total[1] += switches - switches_before
     rows = sorted(((kind, s / fetches * 1e6, n / fetches) for kind, (s, n) in kinds.items()), key=lambda row: -row[1])
     return rows, cpu / fetches * 1e6
-
-
-def names_of_python_threads(threads):
-    python = {thread.native_id for thread in threading.enumerate()}
-    return {tid for tid in threads if tid in python}
 
 
 def measure(name, calls, entities_per_call, fn):
